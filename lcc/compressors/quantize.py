@@ -1,0 +1,66 @@
+"""Group-wise min/max fake quantization (quantize then dequantize), shared by every quantizer.
+
+Groups run along the last dimension (the input dimension of a Linear weight, the feature dimension
+of an activation). When the width is not a multiple of ``group_size`` the last group is simply
+shorter (SmolLM2's width 576 with groups of 128 gives four groups of 128 and one of 64): every
+weight is still covered by exactly one (scale, zero) pair, and the effective bits per weight count
+that extra group. ``group_size <= 0`` means one group per row.
+
+Asymmetric (default): the grid spans [min(x, 0), max(x, 0)] of the group with 2^bits levels and an
+integer zero point, as in GPTQ's reference quantizer. Symmetric: the grid spans [-absmax, absmax]
+with levels -2^(b-1)..2^(b-1)-1.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def qparams(x: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point along the last dim of ``x`` (kept as size 1). x is fp32."""
+    qmax = 2 ** bits - 1
+    if sym:
+        absmax = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
+        scale = absmax / max(2 ** (bits - 1) - 1, 1)
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    else:
+        lo = x.amin(-1, keepdim=True).clamp_max(0)
+        hi = x.amax(-1, keepdim=True).clamp_min(0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-8)
+        zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    q = torch.clamp(torch.round(x / scale) + zero, 0, 2 ** bits - 1)
+    return (q - zero) * scale
+
+
+def fake_quant(x: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> torch.Tensor:
+    """Fake-quantize ``x`` in groups of ``group_size`` along the last dim; same shape and dtype."""
+    width = x.shape[-1]
+    g = width if group_size <= 0 or group_size >= width else group_size
+    xf = x.float()
+    n_full = (width // g) * g
+    parts = []
+    if n_full:
+        head = xf[..., :n_full].reshape(*x.shape[:-1], width // g, g)
+        s, z = qparams(head, bits, sym)
+        parts.append(quantize_dequantize(head, s, z, bits).reshape(*x.shape[:-1], n_full))
+    if n_full < width:
+        tail = xf[..., n_full:]
+        s, z = qparams(tail, bits, sym)
+        parts.append(quantize_dequantize(tail, s, z, bits))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+    return out.to(x.dtype)
+
+
+def n_groups(width: int, group_size: int) -> int:
+    """Number of (scale, zero) groups per row for a row of ``width`` values."""
+    if group_size <= 0 or group_size >= width:
+        return 1
+    return -(-width // group_size)
+
+
+def effective_bits(bits: int, width: int, group_size: int, overhead_bits: int = 32) -> float:
+    """Bits per weight including one fp16 scale and one fp16 zero point (``overhead_bits``) per group."""
+    return bits + overhead_bits * n_groups(width, group_size) / width

@@ -1,0 +1,85 @@
+"""Texts -> token ids -> evaluation windows.
+
+Every source gives a list of documents. ``join_docs`` sources (pydoc, WikiText) are one stream; for the
+others (PG-19 books, local files) a window never crosses a document boundary. Windows are
+non-overlapping slots of ``ctx`` tokens chosen by a seeded permutation, each scored from its first token.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from typing import Any
+
+import torch
+
+from lcc import ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pydoc", "hf", "text")
+
+
+def load_texts(cfg: Any) -> list[str]:
+    kind = cfg.kind
+    if kind == "pydoc":
+        import pydoc_data.topics as topics
+
+        return ["\n\n".join(topics.topics[k] for k in sorted(topics.topics))]
+    if kind == "hf":
+        import datasets
+
+        ds = datasets.load_dataset(cfg.path, cfg.get("config_name"), split=cfg.split)
+        texts = [t for t in ds[cfg.text_field] if t]
+        return ["".join(texts)] if cfg.get("join_docs") else texts
+    if kind == "text":
+        paths = cfg.paths if not isinstance(cfg.paths, str) else [cfg.paths]
+        files = sorted({f for p in paths for f in glob.glob(str(p))})
+        if not files:
+            raise ConfigError(f"data.paths={list(paths)!r} matches no file")
+        texts = [open(f, encoding="utf-8", errors="replace").read() for f in files]
+        return ["\n\n".join(texts)] if cfg.get("join_docs") else texts
+    raise ConfigError(f"data.kind={kind!r} is invalid; valid choices: {', '.join(KINDS)}")
+
+
+def encode(tokenizer: Any, text: str) -> torch.Tensor:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_stream(cfg: Any, tokenizer: Any) -> torch.Tensor:
+    """The whole source as one 1-D LongTensor (documents joined with a blank line)."""
+    return encode(tokenizer, "\n\n".join(load_texts(cfg)))
+
+
+def eval_windows(cfg: Any, tokenizer: Any, ctx: int, n_docs: int, seed: int) -> torch.Tensor:
+    """``n_docs`` windows of ``ctx`` tokens as a LongTensor [n_docs, ctx], deterministic by ``seed``.
+
+    With ``add_bos`` and a tokenizer that has a BOS token, each window is BOS + (ctx - 1) text tokens.
+    """
+    if ctx < 2:
+        raise ConfigError(f"ctx.tokens={ctx} is invalid; valid: an integer >= 2")
+    if n_docs < 1:
+        raise ConfigError(f"n_docs={n_docs} is invalid; valid: an integer >= 1")
+    bos = getattr(tokenizer, "bos_token_id", None) if cfg.get("add_bos", True) else None
+    body = ctx - 1 if bos is not None else ctx
+    gen = torch.Generator().manual_seed(seed)
+    texts = load_texts(cfg)
+    order = torch.randperm(len(texts), generator=gen).tolist() if len(texts) > 1 else [0]
+    slots: list[torch.Tensor] = []
+    total = 0
+    for i in order:  # tokenize documents in seeded order until there is ample choice of windows
+        ids = encode(tokenizer, texts[i])
+        total += len(ids)
+        slots += [ids[j * body:(j + 1) * body] for j in range(len(ids) // body)]
+        if len(slots) >= 8 * n_docs:
+            break
+    if len(slots) < n_docs:
+        raise ConfigError(
+            f"data={cfg.name} is too short for n_docs={n_docs} windows of ctx={ctx} tokens: it has "
+            f"{total} tokens, i.e. {len(slots)} such window(s). Lower n_docs or ctx, or choose a larger data set.")
+    pick = sorted(torch.randperm(len(slots), generator=gen)[:n_docs].tolist())
+    windows = torch.stack([slots[j] for j in pick])
+    if bos is not None:
+        windows = torch.cat([torch.full((n_docs, 1), bos, dtype=torch.long), windows], 1)
+    log.info("data %s: %d windows of %d tokens (source: %d tokens read)", cfg.name, n_docs, ctx, total)
+    return windows

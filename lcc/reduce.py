@@ -1,0 +1,185 @@
+"""``python -m lcc.reduce <sweep_dir>``: join every job's files into sensitivity tables and plots.
+
+Reads files only (``lcc_jobs.json``, ``*/result.json``, ``*/curve.parquet``). Writes into the sweep dir:
+``sensitivity.csv`` (one row per finished job, all summary numbers), ``sensitivity.md`` (KL ± SE and
+slope ± SE, rows model x compressor x level, columns ctx, plus failed/missing jobs),
+``plots/<job>.png`` (KL vs position, log x) and ``plots/kl_vs_position.png`` (all jobs, binned).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from lcc.io import atomic_write, read_json
+
+log = logging.getLogger(__name__)
+SUMMARY_COLS = ["kl_mean", "kl_se", "kl_slope", "kl_slope_se", "kl_median", "kl_p90", "kl_p99", "kl_max",
+                "top1_agree", "top1_agree_se", "delta_nll", "delta_nll_se", "ppl_dense", "ppl_compressed",
+                "n_docs", "n_positions"]
+
+
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job: every job of the manifest (missing ones too) and every result.json found."""
+    rows: dict[str, dict] = {}
+    manifest = sweep_dir / "lcc_jobs.json"
+    if manifest.exists():
+        for j in read_json(manifest)["jobs"]:
+            rows[j["dir"]] = {"job": j["dir"], "status": "missing", "overrides": " ".join(j["overrides"])}
+    for path in sorted(sweep_dir.rglob("result.json")):
+        job = str(path.parent.relative_to(sweep_dir))
+        row = rows.setdefault(job, {"job": job, "overrides": ""})
+        try:
+            res = read_json(path)
+        except (OSError, ValueError) as e:
+            row.update(status="unreadable", error=str(e))
+            continue
+        row["status"] = res.get("status", "unknown")
+        if res.get("error"):
+            row["error"] = res["error"]
+        cfg = res.get("config", {})
+        row.update(model=res.get("model", cfg.get("model", {}).get("name")),
+                   data=res.get("data", cfg.get("data", {}).get("name")),
+                   compressor=res.get("compressor", cfg.get("compressor", {}).get("name")),
+                   level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")))
+        row.update({k: res.get("summary", {}).get(k) for k in SUMMARY_COLS})
+        row.update({f"time_{k}": v for k, v in res.get("timings", {}).items()})
+    if not rows:
+        return pd.DataFrame(columns=["job", "status"])
+    return pd.DataFrame(list(rows.values()))
+
+
+def ctx_label(tokens: int) -> str:
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+
+
+def pm(m: float, se: float, digits: int = 3) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{m:.{digits}g}"
+    return f"{m:.{digits}g} ± {se:.2g}"
+
+
+def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Pivot tables of finished jobs: rows (model, data, compressor, level), columns ctx."""
+    ok = df[df.status == "ok"].copy()
+    if ok.empty:
+        return {}
+    ok["ctx"] = ok["ctx"].astype(int)
+    ok = ok.sort_values("ctx")
+    out = {}
+    for name, m, se in [("mean KL (nats/token) ± SE", "kl_mean", "kl_se"),
+                        ("KL slope per doubling of position ± SE", "kl_slope", "kl_slope_se"),
+                        ("top-1 agreement", "top1_agree", "top1_agree_se"),
+                        ("ΔNLL = ln(PPL_c / PPL_d) ± SE", "delta_nll", "delta_nll_se")]:
+        ok["cell"] = [pm(a, b) for a, b in zip(ok[m], ok[se])]
+        t = ok.pivot_table(index=["model", "data", "compressor", "level"], columns="ctx", values="cell",
+                           aggfunc="first")
+        t.columns = [ctx_label(c) for c in t.columns]
+        out[name] = t
+    return out
+
+
+def plot_jobs(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[df.status == "ok"]
+    plots = sweep_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    written = []
+    fig_all, ax_all = plt.subplots(figsize=(8, 5))
+    for _, r in ok.iterrows():
+        job_dir = sweep_dir / r.job
+        res = read_json(job_dir / "result.json")
+        bins = pd.DataFrame(res["curve"])
+        label = f"{r.compressor} {r.level} ctx={ctx_label(int(r.ctx))}"
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        curve_file = job_dir / "curve.parquet"
+        if curve_file.exists():
+            c = pd.read_parquet(curve_file)
+            ax.plot(c.position, c.kl_mean, lw=0.5, alpha=0.35, label="per position (mean over docs)")
+        centers = 2 ** bins.log2_pos
+        ax.errorbar(centers, bins.kl_mean, yerr=bins.kl_se.fillna(0), marker="o", capsize=3,
+                    label="octave bins ± SE")
+        ax.set(xscale="log", xlabel="position (tokens of context)", ylabel="KL(P_dense || Q) [nats]",
+               title=f"{r.model}: {label}")
+        ax.legend()
+        fig.tight_layout()
+        path = plots / f"{r.job.replace('/', '_')}.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        written.append(path)
+        ax_all.errorbar(centers, bins.kl_mean, yerr=bins.kl_se.fillna(0), marker="o", ms=3, capsize=2,
+                        label=label)
+    if len(ok):
+        ax_all.set(xscale="log", yscale="log", xlabel="position (tokens of context)",
+                   ylabel="KL(P_dense || Q) [nats], octave bins", title="KL vs position, all jobs")
+        ax_all.legend(fontsize=7)
+        fig_all.tight_layout()
+        path = plots / "kl_vs_position.png"
+        atomic_write(path, lambda tmp: fig_all.savefig(tmp, dpi=110, format="png"))
+        written.append(path)
+    plt.close(fig_all)
+    return written
+
+
+def status_line(df: pd.DataFrame) -> str:
+    counts = df.status.value_counts().to_dict() if len(df) else {}
+    parts = [f"{counts.pop(s, 0)} {s}" for s in ("ok", "failed", "missing")]
+    parts += [f"{n} {s}" for s, n in counts.items()]
+    return f"{len(df)} jobs: " + ", ".join(parts)
+
+
+def reduce(sweep_dir: str | Path, plots: bool = True) -> tuple[pd.DataFrame, str]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"lcc.reduce: {sweep_dir} is not a directory")
+    df = collect(sweep_dir)
+    if df.empty:
+        raise SystemExit(f"lcc.reduce: no jobs found under {sweep_dir} (no lcc_jobs.json, no */result.json)")
+    lines = [f"# Sensitivity: {sweep_dir}", "", status_line(df), ""]
+    for name, t in sensitivity_tables(df).items():
+        lines += [f"## {name}", "", t.reset_index().to_markdown(index=False), ""]
+    bad = df[df.status != "ok"]
+    if len(bad):
+        lines += ["## Jobs without a result", ""]
+        cols = [c for c in ("job", "status", "overrides", "error") if c in bad]
+        lines += [bad[cols].fillna("").to_markdown(index=False), ""]
+    text = "\n".join(lines)
+    ok = df[df.status == "ok"]
+    cols = [c for c in ["job", "model", "data", "compressor", "level", "ctx"] + SUMMARY_COLS if c in df]
+    atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok[cols].to_csv(tmp, index=False))
+    atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))
+    if plots and len(ok):
+        plot_jobs(sweep_dir, df)
+    return df, text
+
+
+def print_sweep_status() -> None:
+    """Called when ``lcc.sweep`` exits after a multirun: one line with the ok/failed/missing count."""
+    import lcc.sweep
+
+    d = lcc.sweep.LAST_SWEEP_DIR
+    if d is not None and d.is_dir():
+        print(f"lcc sweep {d}: {status_line(collect(d))}. Tables: python -m lcc.reduce {d}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lcc.reduce", description=__doc__.split("\n")[0])
+    ap.add_argument("sweep_dir", help="a sweep directory, e.g. multirun/2026-11-23_10-00-00")
+    ap.add_argument("--no-plots", action="store_true", help="tables only")
+    args = ap.parse_args(argv)
+    df, text = reduce(args.sweep_dir, plots=not args.no_plots)
+    print(text)
+    return 0 if (df.status == "ok").all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

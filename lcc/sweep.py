@@ -1,0 +1,49 @@
+"""Entry point: ``python -m lcc.sweep [-m] key=value ...`` (Hydra). A thin shell around ``lcc.job.run``."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("lcc")
+#: set by the lcc sweeper in a multirun, read at exit to print the ok/failed count
+LAST_SWEEP_DIR: Path | None = None
+
+
+def job_subdir(override_dirname: str, num: int) -> str:
+    """A job's folder name inside the sweep: its overrides (stable across re-launches, so a resumed
+    sweep finds its finished jobs), made path-safe and short; ``job<num>`` when there are none."""
+    name = override_dirname.replace("/", "_").replace(os.sep, "_") or f"job{num}"
+    if len(name) > 180:
+        name = name[:160] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+if not OmegaConf.has_resolver("lcc_subdir"):
+    OmegaConf.register_new_resolver("lcc_subdir", lambda d, n: job_subdir(str(d), int(n)))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
+def main(cfg: DictConfig) -> float | None:
+    from lcc.job import run
+
+    res = run(cfg)
+    return res.get("summary", {}).get("kl_mean")
+
+
+def cli() -> None:
+    try:
+        main()
+    finally:
+        from lcc.reduce import print_sweep_status
+        print_sweep_status()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
