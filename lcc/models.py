@@ -69,7 +69,9 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            model.config.quantization_config = None
+            # The GGUF weights are already dequantized to float: drop the quantizer marker so that the
+            # model saves (and later loads) as a plain float checkpoint.
+            model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)

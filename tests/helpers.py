@@ -1,0 +1,28 @@
+"""Shared test helpers: compose lcc's real config with overrides, like the CLI does."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = str(ROOT / "conf")
+
+
+def make_cfg(overrides: list[str], output_dir: str | Path | None = None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        extra = [f"output_dir={output_dir}"] if output_dir is not None else []
+        return compose("sweep", overrides=list(overrides) + extra)
+
+
+def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None, timeout: int = 900):
+    """Run ``python -m <module> args`` in a subprocess; returns CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)

@@ -1,0 +1,122 @@
+"""Metrics against brute-force references."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lcc.metrics import (bin_means, chunked_token_metrics, mean_se, octave_bins, slope_vs_log2, summarize,
+                         token_metrics)
+from lcc.metrics.summary import bin_log2_centers
+
+
+def brute_force(lp_logits, lq_logits, targets):
+    kl, nll_p, nll_q, agree = [], [], [], []
+    for zp, zq, y in zip(lp_logits.double().tolist(), lq_logits.double().tolist(), targets.tolist()):
+        zp_max, zq_max = max(zp), max(zq)
+        sp = sum(math.exp(z - zp_max) for z in zp)
+        sq = sum(math.exp(z - zq_max) for z in zq)
+        p = [math.exp(z - zp_max) / sp for z in zp]
+        q = [math.exp(z - zq_max) / sq for z in zq]
+        kl.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+        nll_p.append(-math.log(p[y]))
+        nll_q.append(-math.log(q[y]))
+        agree.append(float(p.index(max(p)) == q.index(max(q))))
+    return kl, nll_p, nll_q, agree
+
+
+def test_token_metrics_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    zp = torch.randn(40, 17, generator=g) * 3
+    zq = zp + torch.randn(40, 17, generator=g) * 0.7
+    y = torch.randint(0, 17, (40,), generator=g)
+    m = token_metrics(zp, zq, y)
+    kl, nll_p, nll_q, agree = brute_force(zp, zq, y)
+    assert torch.allclose(m["kl"].double(), torch.tensor(kl, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(m["nll_p"].double(), torch.tensor(nll_p, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(m["nll_q"].double(), torch.tensor(nll_q, dtype=torch.float64), atol=1e-5)
+    assert m["agree"].tolist() == agree
+    assert 0 < sum(agree) < 40  # the test data exercise both outcomes
+    assert all(v.dtype == torch.float32 for v in m.values())
+
+
+def test_identical_distributions_give_exactly_zero_kl():
+    z = torch.randn(30, 50)
+    assert torch.equal(token_metrics(z, z.clone(), torch.zeros(30, dtype=torch.long))["kl"], torch.zeros(30))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_equals_unchunked(chunk):
+    g = torch.Generator().manual_seed(1)
+    hp, hq = torch.randn(100, 8, generator=g), torch.randn(100, 8, generator=g)
+    w = torch.randn(33, 8, generator=g)
+    y = torch.randint(0, 33, (100,), generator=g)
+    head = lambda h: h @ w.T  # noqa: E731
+    full = token_metrics(head(hp), head(hq), y)
+    ch = chunked_token_metrics(hp, hq, head, head, y, chunk)
+    for k in full:
+        assert torch.allclose(full[k], ch[k], atol=1e-6), k
+
+
+def test_octave_bins():
+    assert octave_bins(1023) == [(1, 64), (64, 128), (128, 256), (256, 512), (512, 1024)]
+    assert octave_bins(1000) == [(1, 64), (64, 128), (128, 256), (256, 512), (512, 1001)]
+    assert octave_bins(50) == [(1, 51)]
+    assert octave_bins(64) == [(1, 64), (64, 65)]
+    for t in (10, 63, 64, 65, 300, 4095, 4096):  # the bins partition positions 1..t
+        b = octave_bins(t)
+        assert b[0][0] == 1 and b[-1][1] == t + 1
+        assert all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
+
+
+def test_bin_means_brute_force():
+    rng = np.random.default_rng(0)
+    v = rng.random((3, 300))
+    bins = octave_bins(300)
+    got = bin_means(v, bins)
+    for d in range(3):
+        for j, (lo, hi) in enumerate(bins):
+            vals = [v[d, p - 1] for p in range(lo, hi)]  # position p is column p - 1
+            assert got[d, j] == pytest.approx(sum(vals) / len(vals))
+
+
+def test_mean_se_by_hand():
+    m, se = mean_se(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert m == 2.5
+    assert se == pytest.approx(math.sqrt(((1.5 ** 2) * 2 + (0.5 ** 2) * 2) / 3) / 2)
+    m1, se1 = mean_se(np.array([5.0]))
+    assert m1 == 5.0 and math.isnan(se1)
+
+
+def test_slope_on_hand_made_lines():
+    x = np.array([5.0, 6.5, 7.5, 8.5])
+    y = np.stack([3 + 0.5 * x, 1 - 0.25 * x, np.full(4, 2.0)])
+    assert slope_vs_log2(y, x) == pytest.approx([0.5, -0.25, 0.0])
+    assert math.isnan(slope_vs_log2(np.ones((2, 1)), np.array([1.0]))[0])
+
+
+def test_bin_centers_are_mean_log2_position():
+    c = bin_log2_centers([(64, 128)])
+    assert c[0] == pytest.approx(np.mean([math.log2(p) for p in range(64, 128)]))
+
+
+def test_summarize_on_constructed_data():
+    d, t = 4, 1023
+    pos = np.arange(1, t + 1)
+    # KL rises by exactly 0.01 per doubling of position in every document, plus a per-doc offset
+    kl = np.stack([0.1 * (i + 1) + 0.01 * np.log2(pos) for i in range(d)])
+    nll_p = np.full((d, t), 2.0)
+    nll_q = np.full((d, t), 2.5)
+    agree = np.zeros((d, t))
+    agree[:, ::2] = 1
+    s, curve = summarize(kl, nll_p, nll_q, agree)
+    assert s["kl_slope"] == pytest.approx(0.01, rel=1e-9)
+    assert s["kl_slope_se"] == pytest.approx(0.0, abs=1e-12)
+    assert s["kl_mean"] == pytest.approx(kl.mean())
+    assert s["kl_se"] == pytest.approx(np.std(kl.mean(1), ddof=1) / 2)
+    assert s["delta_nll"] == pytest.approx(0.5)
+    assert s["ppl_compressed"] / s["ppl_dense"] == pytest.approx(math.exp(0.5))
+    assert s["top1_agree"] == pytest.approx(agree.mean())
+    assert s["kl_max"] == pytest.approx(kl.max())
+    assert s["kl_p99"] == pytest.approx(np.quantile(kl, 0.99))
+    assert [c["bin_lo"] for c in curve] == [1, 64, 128, 256, 512]

@@ -1,0 +1,102 @@
+"""Whole jobs and sweeps on the tiny model: files, resume of identical jobs, reduce, W&B offline."""
+import json
+import math
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from lcc.job import run
+from lcc.reduce import reduce
+from tests.helpers import make_cfg, run_cli
+
+TINY = ["model=tiny", "logger=none", "n_docs=3", "ctx.tokens=512"]
+
+
+def test_dense_vs_dense_is_exactly_zero(tmp_path):
+    res = run(make_cfg([*TINY, "compressor=none"], tmp_path))
+    assert res["status"] == "ok" and res["summary"]["kl_mean"] == 0.0 and res["summary"]["kl_max"] == 0.0
+    assert res["summary"]["top1_agree"] == 1.0 and res["summary"]["delta_nll"] == 0.0
+
+
+def test_job_writes_complete_files(tmp_path):
+    res = run(make_cfg([*TINY, "compressor=quant", "compressor.bits=3"], tmp_path))
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["status"] == "ok" and saved["config"]["compressor"]["bits"] == 3
+    assert saved["summary"]["kl_mean"] > 0 and math.isfinite(saved["summary"]["kl_se"])
+    t = load_file(tmp_path / "tokens.safetensors")
+    assert t["kl"].shape == (3, 511)  # positions 1..511 of 512-token windows
+    assert abs(t["kl"].mean().item() - saved["summary"]["kl_mean"]) < 1e-6
+    curve = pd.read_parquet(tmp_path / "curve.parquet")
+    assert list(curve.position[:2]) == [1, 2] and len(curve) == 511
+    assert [c["bin_lo"] for c in saved["curve"]] == [1, 64, 128, 256]
+    assert {"load_s", "dense_forward_s", "compress_s", "compressed_forward_s", "metrics_s"} <= set(
+        saved["timings"])
+    assert res["summary"] == saved["summary"]
+
+
+def test_finished_job_is_skipped_and_failed_job_records_traceback(tmp_path, caplog):
+    cfg = make_cfg([*TINY, "compressor=magnitude"], tmp_path)
+    first = run(cfg)
+    mtime = (tmp_path / "result.json").stat().st_mtime_ns
+    again = run(cfg)
+    assert again["summary"] == first["summary"] and (tmp_path / "result.json").stat().st_mtime_ns == mtime
+    bad = make_cfg(["model=tiny", "logger=none", "data=text", "data.paths=[/nonexistent/*.txt]"],
+                   tmp_path / "bad")
+    with pytest.raises(Exception, match="matches no file"):
+        run(bad)
+    saved = json.loads((tmp_path / "bad" / "result.json").read_text())
+    assert saved["status"] == "failed" and "matches no file" in saved["error"] and "Traceback" in saved["traceback"]
+
+
+@pytest.mark.slow
+def test_2x2_multirun_with_submitit_local_then_reduce(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = run_cli("-m", "hydra/launcher=submitit_local", "model=tiny", "logger=none", "n_docs=3",
+                "compressor=quant,magnitude", "ctx=1k,2k", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "4 jobs: 4 ok, 0 failed, 0 missing" in p.stderr
+    results = sorted(sweep.glob("*/result.json"))
+    assert len(results) == 4
+    df, text = reduce(sweep)
+    table = pd.read_csv(sweep / "sensitivity.csv")
+    assert len(table) == 4 and table.kl_mean.notna().all() and (table.kl_mean > 0).all()
+    assert table.kl_se.notna().all() and (table.kl_se > 0).all()
+    assert set(table.ctx) == {1024, 2048} and set(table.compressor) == {"quant", "magnitude"}
+    assert "| 1k" in text and "| 2k" in text and "±" in text
+    assert (sweep / "plots" / "kl_vs_position.png").stat().st_size > 1000
+    assert len(list((sweep / "plots").glob("*.png"))) == 5
+    # the CLI prints the same table and exits 0 when every job is ok
+    p2 = run_cli(str(sweep), module="lcc.reduce")
+    assert p2.returncode == 0 and "mean KL" in p2.stdout
+
+
+@pytest.mark.slow
+def test_failed_and_missing_jobs_are_listed(tmp_path):
+    sweep = tmp_path / "sweep"
+    # 64k-token windows x 8 do not fit in pydoc's ~466k bytes: that job fails at run time
+    p = run_cli("-m", "model=tiny", "logger=none", "n_docs=8", "model.max_position_embeddings=131072",
+                "ctx=1k,64k", f"hydra.sweep.dir={sweep}")
+    assert p.returncode != 0
+    assert "2 jobs: 1 ok, 1 failed, 0 missing" in p.stderr
+    manifest = json.loads((sweep / "lcc_jobs.json").read_text())
+    assert len(manifest["jobs"]) == 2
+    # a job of the manifest that never produced a result is "missing"
+    manifest["jobs"].append({"num": 2, "overrides": ["ctx=2k"], "dir": "ctx=2k,never-ran"})
+    (sweep / "lcc_jobs.json").write_text(json.dumps(manifest))
+    df, text = reduce(sweep)
+    assert sorted(df.status) == ["failed", "missing", "ok"]
+    assert "too short" in text and "never-ran" in text
+    assert run_cli(str(sweep), module="lcc.reduce").returncode == 1
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_and_wandb_failure_keeps_results(tmp_path):
+    out = tmp_path / "job"
+    res = run(make_cfg(["model=tiny", "n_docs=2", "ctx.tokens=256", "logger=wandb"], out))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert res["status"] == "ok" and len(runs) == 1
+    assert any(f.suffix == ".wandb" and f.stat().st_size > 0 for f in runs[0].iterdir())
+    out2 = tmp_path / "job2"
+    res2 = run(make_cfg(["model=tiny", "n_docs=2", "ctx.tokens=256", "logger=wandb", "logger.mode=bogus"], out2))
+    assert res2["status"] == "ok" and json.loads((out2 / "result.json").read_text())["status"] == "ok"
