@@ -134,8 +134,11 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
 
         kw = dict(dtype=dtype, attn_implementation=cfg.attn_implementation,
                   trust_remote_code=bool(cfg.trust_remote_code))
-        if cfg.get("device_map"):
-            kw["device_map"] = cfg.device_map
+        device_map = cfg.get("device_map")
+        if device_map is None and device.type == "cuda" and torch.cuda.device_count() > 1:
+            device_map = "auto"  # e.g. hydra.launcher.gpus_per_node=8 for a 70B model: one job, all GPUs
+        if device_map:
+            kw["device_map"] = device_map
         tok = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=bool(cfg.trust_remote_code))
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kw)
     else:

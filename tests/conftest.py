@@ -14,3 +14,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def tiny_model():
     from lcc.models import tiny_llama
     return tiny_llama(n_layers=2, seed=0)
+
+
+from slurm_fixture import slurm_cluster  # noqa: E402,F401  (session fixture: a one-node SLURM cluster)
