@@ -100,3 +100,17 @@ def test_wandb_offline_run_and_wandb_failure_keeps_results(tmp_path):
     out2 = tmp_path / "job2"
     res2 = run(make_cfg(["model=tiny", "n_docs=2", "ctx.tokens=256", "logger=wandb", "logger.mode=bogus"], out2))
     assert res2["status"] == "ok" and json.loads((out2 / "result.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_study_experiment_runs_its_whole_grid_in_one_command(tmp_path):
+    sweep = tmp_path / "study"
+    p = run_cli("-m", "experiment=study", "model=tiny", "ctx=1k", "n_docs=2", "calib.n_samples=4",
+                "calib.seqlen=128", "logger=none", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "16 jobs: 16 ok, 0 failed, 0 missing" in p.stderr  # ctx on the command line replaced the grid's
+    table = pd.read_csv(reduce(sweep, plots=False)[0].pipe(lambda _: sweep / "sensitivity.csv"))
+    rows = set(zip(table.compressor, table.level))
+    assert {c for c, _ in rows} == {"magnitude", "wanda", "quant", "quant_wa", "mixed", "random", "none"}
+    assert len(rows) == 16 and set(table.ctx) == {1024}
+    assert table.set_index("compressor").loc["none", "kl_mean"] == 0.0
