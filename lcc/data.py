@@ -28,7 +28,8 @@ def load_texts(cfg: Any) -> list[str]:
     if kind == "hf":
         import datasets
 
-        ds = datasets.load_dataset(cfg.path, cfg.get("config_name"), split=cfg.split)
+        kw = {"data_files": cfg.data_files} if cfg.get("data_files") else {}
+        ds = datasets.load_dataset(cfg.path, cfg.get("config_name"), split=cfg.split, **kw)
         texts = [t for t in ds[cfg.text_field] if t]
         return ["".join(texts)] if cfg.get("join_docs") else texts
     if kind == "text":

@@ -5,6 +5,7 @@ from typing import Any
 
 from lcc.compressors.base import REGISTRY, Compressor, get, register  # noqa: F401
 from lcc.compressors import simple  # noqa: F401  (registers none, magnitude, quant)
+from lcc.compressors import prune, gptq, quant_wa, mixed, kv, compose  # noqa: F401,E401  (register the rest)
 
 
 def build(cfg: Any) -> Compressor:

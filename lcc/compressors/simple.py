@@ -32,24 +32,39 @@ class NoCompression(Compressor):
 
 @register
 class Magnitude(Compressor):
-    """Unstructured magnitude pruning with a per-layer threshold: in every targeted Linear the
-    ``sparsity`` fraction of weights with the smallest |w| is set to zero."""
+    """Magnitude pruning with a per-layer threshold: in every targeted Linear the ``sparsity`` fraction
+    of weights with the smallest |w| is set to zero. With ``nm_n``/``nm_m`` > 0: N:M structured, keep the
+    ``nm_n`` largest |w| of every ``nm_m`` consecutive input weights of each row (sparsity = 1 - N/M)."""
 
     name = "magnitude"
-    params = {"sparsity": 0.5}
+    params = {"sparsity": 0.5, "nm_n": 0, "nm_m": 0}
 
     @classmethod
     def check(cls, kw):
+        from lcc.compressors.prune import check_nm
         check_fraction(kw, "sparsity")
+        check_nm(kw)
+
+    def level(self) -> str:
+        return f"{self.nm_n}:{self.nm_m}" if self.nm_m else f"sparsity={self.sparsity}"
 
     @torch.no_grad()
     def compress(self, model, calib=None):
+        from lcc.compressors.prune import check_nm_width, nm_prune_mask
         pruned = total = 0
-        for lin in target_linears(model, self.targets).values():
+        lins = target_linears(model, self.targets)
+        for name, lin in lins.items():
+            check_nm_width(lin.in_features, self.nm_m, name)
+        for lin in lins.values():
             w = lin.weight.data
-            pruned += prune_smallest(w, w.abs(), self.sparsity)
+            if self.nm_m:
+                mask = nm_prune_mask(w.abs(), self.nm_n, self.nm_m)
+                w[mask] = 0
+                pruned += int(mask.sum())
+            else:
+                pruned += prune_smallest(w, w.abs(), self.sparsity)
             total += w.numel()
-        return {"sparsity_achieved": pruned / max(total, 1), "n_linears": len(target_linears(model, self.targets))}
+        return {"sparsity_achieved": pruned / max(total, 1), "n_linears": len(lins)}
 
 
 @register

@@ -1,0 +1,247 @@
+"""KV-cache fake quantization that acts *inside* a single long forward.
+
+Hugging Face's quantized caches leave the first prefill untouched, so a one-pass evaluation would
+measure nothing. Here the keys and values are fake-quantized right before attention, in every targeted
+attention module, whether or not a cache is used:
+
+* an attention function ``lcc_kv_<base>`` is registered in transformers' ``AttentionInterface`` (and the
+  matching mask function in ``AttentionMaskInterface``) and ``model.config._attn_implementation`` is set to
+  it. It quantizes the key/value states of the modules that carry a ``_lcc_kv`` spec and delegates to the
+  model's original implementation (``sdpa``, ``eager``, flash...). Modules without a spec pass through.
+* keys reaching it are **post-RoPE**, shape [batch, kv_heads, seq, head_dim]. With ``pre_rope=true`` the
+  keys are quantized instead on the ``k_proj`` output (before RoPE, as KVQuant) by a forward hook.
+
+Grids (``lcc.compressors.quantize``, asymmetric min/max by default):
+
+* keys ``key_mode=channel`` (KIVI): per channel, in groups of ``group_size`` consecutive tokens; the last
+  group is shorter. ``key_mode=token``: per token, groups of ``group_size`` along head_dim.
+* values: per token, groups of ``group_size`` along head_dim.
+
+Full-precision tokens:
+
+* ``sink``: the first ``sink`` positions are never quantized (attention sinks), for every query.
+* ``window``: exact per-query semantics -- query i sees keys/values i-window+1..i in full precision and all
+  older ones quantized, as a cache that keeps its most recent ``window`` tokens unquantized would during
+  generation. Implemented by attending, per block of queries, over the quantized keys outside the window
+  plus the full-precision keys inside it (one softmax over the union, disjoint masks), so the cost is one
+  attention pass plus a window. Needs post-RoPE keys (``pre_rope=false``).
+
+Simplification: in one prefill, channel-wise key groups take their min/max over all tokens of the group,
+including tokens later than the query (what a cache holds after the prefill, not during it).
+"""
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lcc import ConfigError
+from lcc.compressors.base import Compressor, check_choice, check_int, decoder_layers, register
+from lcc.compressors.quantize import fake_quant
+
+PREFIX = "lcc_kv_"
+QUERY_CHUNK = 1024  # queries per block in the windowed attention
+
+
+@dataclass
+class KVSpec:
+    bits: int
+    group_size: int
+    key_mode: str
+    sym: bool
+    pre_rope: bool
+    sink: int
+    window: int
+
+    def _rest(self, x: torch.Tensor, fn) -> torch.Tensor:
+        """Apply ``fn`` to the positions after the sink tokens (dim -2 is the sequence)."""
+        s = min(self.sink, x.shape[-2])
+        if s == 0:
+            return fn(x)
+        if s == x.shape[-2]:
+            return x
+        return torch.cat([x[..., :s, :], fn(x[..., s:, :])], dim=-2)
+
+    def quant_keys(self, k: torch.Tensor) -> torch.Tensor:
+        if self.key_mode == "channel":
+            return self._rest(k, lambda x: fake_quant(x.transpose(-1, -2), self.bits, self.group_size,
+                                                      self.sym).transpose(-1, -2))
+        return self._rest(k, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
+
+    def quant_values(self, v: torch.Tensor) -> torch.Tensor:
+        return self._rest(v, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
+
+
+def _base_function(base: str, module):
+    if base == "eager":
+        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if fn is None:
+            from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        return fn
+    from transformers.modeling_utils import AttentionInterface
+    return AttentionInterface._global_mapping[base]
+
+
+def _allowed(attention_mask, a, e, hi, qpos, kpos, dtype):
+    """Boolean [b|1, 1|h, e-a, hi] of allowed (query, key) pairs for queries a..e-1 and keys 0..hi-1."""
+    if attention_mask is None:
+        return (kpos.unsqueeze(0) <= qpos.unsqueeze(1)).view(1, 1, e - a, hi)
+    m = attention_mask[..., a:e, :hi]
+    if m.dtype == torch.bool:
+        return m
+    return m > torch.finfo(m.dtype).min / 2
+
+
+def windowed_attention(module, query, k_q, k_fp, v_q, v_fp, attention_mask, window: int,
+                       scaling: float | None = None, **_):
+    """Attention where, for query i, keys within the last ``window`` positions use (k_fp, v_fp) and all
+    older keys (k_q, v_q). Returns (attn_output [b, q, heads, d], None) like HF attention functions."""
+    b, hq, tq, _ = query.shape
+    tk = k_q.shape[2]
+    enable_gqa = hq != k_q.shape[1]
+    offset = tk - tq
+    dev = query.device
+    out = torch.empty(b, hq, tq, v_q.shape[-1], dtype=query.dtype, device=dev)
+    for a in range(0, tq, QUERY_CHUNK):
+        e = min(a + QUERY_CHUNK, tq)
+        hi = offset + e
+        lo = max(0, offset + a - window + 1)
+        qpos = offset + torch.arange(a, e, device=dev)
+        kpos = torch.arange(0, hi, device=dev)
+        base = _allowed(attention_mask, a, e, hi, qpos, kpos, query.dtype)
+        in_win = kpos.unsqueeze(0) > (qpos.unsqueeze(1) - window)  # [q, hi]
+        allow_q = base & ~in_win
+        allow_fp = base[..., lo:hi] & in_win[:, lo:hi]
+        bq = max(allow_q.shape[0], allow_fp.shape[0])
+        mask = torch.cat([allow_q.expand(bq, *allow_q.shape[1:]), allow_fp.expand(bq, *allow_fp.shape[1:])], -1)
+        keys = torch.cat([k_q[:, :, :hi], k_fp[:, :, lo:hi]], dim=2)
+        vals = torch.cat([v_q[:, :, :hi], v_fp[:, :, lo:hi]], dim=2)
+        kw = {"enable_gqa": True} if enable_gqa else {}
+        out[:, :, a:e] = F.scaled_dot_product_attention(query[:, :, a:e], keys, vals, attn_mask=mask,
+                                                        scale=scaling, **kw)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def make_attention(base: str):
+    def lcc_kv_attention(module, query, key, value, attention_mask, *args, **kwargs):
+        spec: KVSpec | None = getattr(module, "_lcc_kv", None)
+        fn = _base_function(base, module)
+        if spec is None:
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        k_fp, v_fp = key, value
+        if not spec.pre_rope:
+            key = spec.quant_keys(key)
+        value = spec.quant_values(value)
+        if spec.window > 0:
+            return windowed_attention(module, query, key, k_fp, value, v_fp, attention_mask, spec.window,
+                                      scaling=kwargs.get("scaling"))
+        return fn(module, query, key, value, attention_mask, *args, **kwargs)
+    lcc_kv_attention.__name__ = f"{PREFIX}{base}"
+    return lcc_kv_attention
+
+
+def register_attention(base: str) -> str:
+    """Register ``lcc_kv_<base>`` (attention and mask functions); returns its name."""
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    name = PREFIX + base
+    if name not in AttentionInterface._global_mapping:
+        if base != "eager" and base not in AttentionInterface._global_mapping:
+            raise ConfigError(f"kv: the model's attention implementation {base!r} is not supported; "
+                              f"valid: eager, {', '.join(sorted(AttentionInterface._global_mapping))}")
+        AttentionInterface.register(name, make_attention(base))
+    if name not in AttentionMaskInterface._global_mapping:
+        mask_base = "sdpa" if base not in AttentionMaskInterface._global_mapping else base
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[mask_base])
+    return name
+
+
+def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
+    """``{layers.i.<name>: attention module}`` of the targeted blocks (modules with k_proj and v_proj)."""
+    layers = decoder_layers(model)
+    out = {}
+    for i in targets.layer_range(len(layers)):
+        for n, m in layers[i].named_modules():
+            if hasattr(m, "k_proj") and hasattr(m, "v_proj") and any(fnmatch.fnmatch(n, p) for p in targets.patterns):
+                out[f"layers.{i}.{n}"] = m
+    return out
+
+
+def _k_proj_hook(attn):
+    def hook(mod, args, out):
+        spec = getattr(attn, "_lcc_kv", None)
+        if spec is None:
+            return out
+        d = getattr(attn, "head_dim", None) or out.shape[-1] // attn.config.num_key_value_heads
+        b, t, _ = out.shape
+        k = out.view(b, t, -1, d).transpose(1, 2)
+        return spec.quant_keys(k).transpose(1, 2).reshape(b, t, -1)
+    return hook
+
+
+@register
+class KVQuant(Compressor):
+    """Fake-quantized keys and values inside every attention of the targeted blocks."""
+
+    name = "kv"
+    params = {"bits": 4, "group_size": 128, "key_mode": "channel", "sym": False, "pre_rope": False,
+              "sink": 0, "window": 0}
+
+    @classmethod
+    def check(cls, kw):
+        check_int(kw, "bits", 2, 8)
+        check_int(kw, "group_size", -1, 1 << 24)
+        if kw.get("group_size") == 0:
+            raise ConfigError("group_size=0 is invalid; valid: a positive integer, or -1 for one group")
+        check_choice(kw, "key_mode", ["channel", "token"])
+        check_int(kw, "sink", 0, 1 << 24)
+        check_int(kw, "window", 0, 1 << 24)
+        for k in ("sym", "pre_rope"):
+            if k in kw and not isinstance(kw[k], bool):
+                raise ConfigError(f"{k}={kw[k]!r} is invalid; valid: true or false")
+        if kw.get("pre_rope") and kw.get("window", 0) > 0:
+            raise ConfigError(f"window={kw['window']!r} with pre_rope=true is not supported (the full-precision "
+                              f"window needs post-RoPE keys); valid: window=0 or pre_rope=false")
+
+    def level(self) -> str:
+        s = f"kv{self.bits}" + ("k-tok" if self.key_mode == "token" else "")
+        s += ("" if self.group_size == 128 else f"g{self.group_size}") + ("sym" if self.sym else "")
+        s += "-prerope" if self.pre_rope else ""
+        s += f"-sink{self.sink}" if self.sink else ""
+        s += f"-win{self.window}" if self.window else ""
+        return s
+
+    def compress(self, model, calib=None):
+        mods = attention_modules(model, self.targets)
+        if not mods:
+            raise ConfigError(f"kv: targets {self.targets.patterns} / layers {self.targets.layers} select no "
+                              f"attention module (modules with k_proj and v_proj)")
+        cfg = model.config
+        base = getattr(cfg, "_attn_implementation", None) or "eager"
+        if base.startswith(PREFIX):
+            base = base[len(PREFIX):]
+        name = register_attention(base)
+        cfg._attn_implementation = name
+        spec = KVSpec(int(self.bits), int(self.group_size), self.key_mode, bool(self.sym), bool(self.pre_rope),
+                      int(self.sink), int(self.window))
+        hooks = 0
+        for attn in mods.values():
+            attn._lcc_kv = spec
+            if getattr(attn, "config", cfg) is not cfg:
+                attn.config._attn_implementation = name
+            if spec.pre_rope and not getattr(attn, "_lcc_kv_hooked", False):
+                attn.k_proj.register_forward_hook(_k_proj_hook(attn))
+                attn._lcc_kv_hooked = True
+                hooks += 1
+        return {"attn_implementation": name, "n_attention": len(mods), "k_proj_hooks": hooks}
+
+    @staticmethod
+    def remove(model) -> None:
+        """Turn KV quantization off (the registered function then passes through)."""
+        for m in model.modules():
+            if hasattr(m, "_lcc_kv"):
+                m._lcc_kv = None
