@@ -26,7 +26,7 @@ from lcc.io import read_json, write_json, write_parquet, write_safetensors
 log = logging.getLogger(__name__)
 
 #: keys that do not change a job's numbers (where it runs, how it is logged)
-VOLATILE_KEYS = ("output_dir", "logger", "resume", "device")
+VOLATILE_KEYS = ("output_dir", "logger", "resume", "device", "cache")
 
 
 def job_config(cfg: DictConfig) -> dict:
@@ -114,9 +114,161 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
+def _cache_versions() -> dict:
+    import transformers
+
+    return {"lcc": lcc.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _device_id(device: torch.device) -> str:
+    """Where numbers were computed: kernels differ between GPU models, CPU architectures and (on CPU)
+    thread counts, and a dense reference must match the compressed pass bit for bit (none -> KL 0)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"{device.type}:{platform.machine()}:threads={torch.get_num_threads()}"
+
+
+def _model_identity(cfg: DictConfig, model) -> dict:
+    """The model config plus what identifies its weights beyond the config."""
+    ident: dict[str, Any] = {"config": OmegaConf.to_container(cfg.model, resolve=True)}
+    if cfg.model.kind == "gguf":
+        from lcc.models import smollm2_gguf
+        st = smollm2_gguf().stat()
+        ident["gguf"] = f"{smollm2_gguf().name}-{st.st_size}-{int(st.st_mtime)}"
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        ident["commit"] = commit
+    return ident
+
+
+def _tokens_sha256(ids: torch.Tensor) -> str:
+    ids = ids.detach().cpu().to(torch.int64).contiguous()
+    return hashlib.sha256(str(list(ids.shape)).encode() + ids.numpy().tobytes()).hexdigest()[:32]
+
+
+def dense_cache_inputs(cfg: DictConfig, model, windows: torch.Tensor, device: torch.device,
+                       dtype: torch.dtype) -> dict:
+    """Everything the dense hidden states of a job depend on (the dense cache key is their sha256).
+    The windows' token ids are in it, so a change of data/tokenizer code addresses another entry."""
+    from lcc.cache import FORMAT, source_fingerprint
+    from lcc.evaluate import dense_pass, final_hidden, input_device
+
+    return {"entry": "dense_hidden", "format": FORMAT, "model": _model_identity(cfg, model),
+            "data": OmegaConf.to_container(cfg.data, resolve=True), "ctx": int(cfg.ctx.tokens),
+            "n_docs": int(cfg.n_docs), "seed": int(cfg.seed), "windows_sha256": _tokens_sha256(windows),
+            "dtype": str(dtype), "device": _device_id(device), "versions": _cache_versions(),
+            "code": source_fingerprint("models.py", functions=(final_hidden, dense_pass, input_device))}
+
+
+def compressed_cache_inputs(cfg: DictConfig, comp, model, calib: torch.Tensor | None, device: torch.device,
+                            dtype: torch.dtype) -> dict:
+    """Everything the compressed weights depend on (not ctx, n_docs or the evaluation data)."""
+    from lcc.cache import FORMAT, source_fingerprint
+
+    calibrated = getattr(comp, "needs_calibration", comp.calibrated)
+    return {"entry": "compressed_weights", "format": FORMAT, "model": _model_identity(cfg, model),
+            "compressor": OmegaConf.to_container(cfg.compressor, resolve=True),
+            "calib": OmegaConf.to_container(cfg.calib, resolve=True) if calibrated else None,
+            "calib_sha256": _tokens_sha256(calib) if calibrated and calib is not None else None,
+            "seed": int(cfg.seed), "dtype": str(dtype), "device": _device_id(device),
+            "versions": _cache_versions(), "code": source_fingerprint("models.py", "compressors")}
+
+
+def _dense_hidden(cfg: DictConfig, model, windows: torch.Tensor, device, dtype, store, status: dict
+                  ) -> tuple[list[torch.Tensor], float]:
+    """Dense final hidden states per window and the dense forward's time (the original one on a cache hit)."""
+    from lcc.cache import key_of
+    from lcc.evaluate import dense_pass
+
+    if store is None:
+        return dense_pass(model, windows)
+    n = windows.shape[0]
+    names = [f"hidden.{i:04d}" for i in range(n)]
+    inputs = dense_cache_inputs(cfg, model, windows, device, dtype)
+    key = key_of(inputs)
+
+    def compute():
+        log.info("dense forward over %d x %d tokens (cache miss, storing as %s)", *windows.shape, key[:16])
+        hidden, s = dense_pass(model, windows)
+        return {"windows": windows.cpu(), **dict(zip(names, hidden))}, {"dense_forward_s": s}
+
+    def check(tensors: dict, meta: dict) -> str | None:
+        if set(tensors) != {"windows", *names}:
+            return "tensor names differ from the expected windows"
+        if not torch.equal(tensors["windows"], windows.cpu()):
+            return "token ids of the stored windows differ from this job's windows"
+        if any(tensors[k].shape[0] != windows.shape[1] for k in names):
+            return "hidden-state lengths differ from ctx"
+        return None
+
+    t = time.perf_counter()
+    tensors, meta, hit = store.get_or_create(key, inputs, compute, check)
+    dense_s = float(meta["facts"]["dense_forward_s"])
+    status.update(dense="hit" if hit else "miss", dense_key=key,
+                  dense_cache_s=time.perf_counter() - t - (0.0 if hit else dense_s))
+    if hit:
+        log.info("dense hidden states from the cache (%s), dense forward skipped", store.path(key))
+    return [tensors[k] for k in names], dense_s
+
+
+def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status: dict) -> tuple[dict, float]:
+    """Compress ``model`` in place (or load its compressed weights from the cache): (facts, compress time)."""
+    from lcc.cache import key_of
+    from lcc.compressors.base import target_linears
+
+    torch.manual_seed(cfg.seed)  # compress() sees the same RNG state whether or not the dense pass ran
+    if store is None or not getattr(comp, "cacheable", False):
+        if store is not None:
+            status["compressed"] = "uncacheable"
+        log.info("compressing with %s (%s)", comp.name, comp.level())
+        t = time.perf_counter()
+        info = comp.compress(model, calib) or {}
+        return info, time.perf_counter() - t
+
+    def target_params() -> dict[str, torch.nn.Parameter]:
+        """Parameters of every Linear the compressor (or any stage of a composition) may change."""
+        out = {}
+        for c in [comp, *getattr(comp, "instances", [])]:
+            for name, lin in target_linears(model, c.targets).items():
+                out.update({f"{name}.{p}": param for p, param in lin.named_parameters(recurse=False)})
+        return out
+
+    params = target_params()
+    inputs = compressed_cache_inputs(cfg, comp, model, calib, device, dtype)
+    key = key_of(inputs)
+
+    def compute():
+        log.info("compressing with %s (%s) (cache miss, storing as %s)", comp.name, comp.level(), key[:16])
+        t = time.perf_counter()
+        info = comp.compress(model, calib) or {}
+        s = time.perf_counter() - t
+        info = json.loads(json.dumps(info, default=str))  # as a cache hit would return it
+        return {k: p.detach() for k, p in target_params().items()}, {"compress_info": info, "compress_s": s}
+
+    def check(tensors: dict, meta: dict) -> str | None:
+        if set(tensors) != set(params):
+            return "stored parameter names differ from the compressor's target layers"
+        bad = [k for k, v in tensors.items() if v.shape != params[k].shape or v.dtype != params[k].dtype]
+        return f"shape/dtype differ for {bad[:3]}" if bad else None
+
+    t = time.perf_counter()
+    tensors, meta, hit = store.get_or_create(key, inputs, compute, check)
+    facts = meta["facts"]
+    if hit:
+        with torch.no_grad():
+            for k, v in tensors.items():
+                params[k].data.copy_(v.to(params[k].device))
+        log.info("compressed weights of %s (%s) from the cache (%s), compression skipped",
+                 comp.name, comp.level(), store.path(key))
+    status.update(compressed="hit" if hit else "miss", compressed_key=key,
+                  compress_cache_s=time.perf_counter() - t - (0.0 if hit else facts["compress_s"]))
+    return facts["compress_info"], float(facts["compress_s"])
+
+
 def _evaluate(cfg: DictConfig, out: Path) -> dict:
+    from lcc.cache import TensorStore, settings
     from lcc.data import eval_windows
-    from lcc.evaluate import compressed_pass, dense_pass, logits_fn
+    from lcc.evaluate import compressed_pass, logits_fn
     from lcc.metrics import summarize
     from lcc.models import load_model, resolve_device, resolve_dtype
 
@@ -126,6 +278,12 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     comp = compressors.build(cfg.compressor)
+    cs = settings(cfg)
+    cache: dict[str, Any] = {"dense": "off", "compressed": "off"}
+    dense_store = TensorStore(cs.dir, "dense") if cs.enabled and cs.dense else None
+    comp_store = TensorStore(cs.dir, "compressed") if cs.enabled and cs.compressed else None
+    if dense_store or comp_store:
+        cache["dir"] = str(cs.dir)
     model, tok, max_ctx = load_model(cfg.model, device, dtype)
     ctx = cfg.ctx.tokens
     if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
@@ -141,16 +299,17 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
         calib = calibration_batch(cfg.calib, tok)
     timings["data_s"] = time.perf_counter() - t
 
-    log.info("dense forward over %d x %d tokens", *windows.shape)
-    dense_hidden, timings["dense_forward_s"] = dense_pass(model, windows)
+    dense_hidden, timings["dense_forward_s"] = _dense_hidden(cfg, model, windows, device, dtype, dense_store,
+                                                             cache)
+    # the dense head comes from the freshly loaded (still dense) model, so a dense cache hit needs no copy of it
     head = model.get_output_embeddings()
     dense_w = head.weight.detach().clone() if comp.targets.lm_head else None
     dense_head = logits_fn(model, dense_w)
 
-    log.info("compressing with %s (%s)", comp.name, comp.level())
-    t = time.perf_counter()
-    info = comp.compress(model, calib) or {}
-    timings["compress_s"] = time.perf_counter() - t
+    info, timings["compress_s"] = _compress(cfg, comp, model, calib, device, dtype, comp_store, cache)
+    for k in ("dense_cache_s", "compress_cache_s"):
+        if k in cache:
+            timings[k] = cache.pop(k)
 
     per_tok, tm = compressed_pass(model, windows, dense_hidden, dense_head, cfg.chunk_size)
     timings.update(tm)
@@ -165,4 +324,4 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     timings["total_s"] = time.perf_counter() - t0
     return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "compressor": comp.name,
             "level": comp.level(), "compress_info": info, "summary": summary, "curve": curve,
-            "timings": timings, "files": ["tokens.safetensors", "curve.parquet"]}
+            "timings": timings, "files": ["tokens.safetensors", "curve.parquet"], "cache": cache}

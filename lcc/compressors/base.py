@@ -41,6 +41,9 @@ class Compressor:
     params: ClassVar[dict[str, Any]] = {}
     #: True if ``compress`` needs calibration batches (runs through the sequential engine).
     calibrated: ClassVar[bool] = False
+    #: True if ``compress`` only changes parameters of ``target_linears(model, self.targets)`` (no hooks, no
+    #: model attributes): lcc.job then stores the compressed weights once and reuses them (docs/caching.md).
+    cacheable: ClassVar[bool] = False
 
     def __init__(self, targets: dict | None = None, **kwargs: Any):
         self.validate(kwargs)

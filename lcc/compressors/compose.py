@@ -42,6 +42,11 @@ class Compose(Compressor):
     params = {"stages": [{"name": "sparsegpt", "sparsity": 0.5}, {"name": "quant", "bits": 4}]}
     calibrated = True  # class default; the instance attribute says whether any stage needs calibration
 
+    @property
+    def cacheable(self) -> bool:  # type: ignore[override]
+        """Weight-only if every stage is (then lcc.job caches the union of the stages' target weights)."""
+        return all(getattr(s, "cacheable", False) for s in self.instances)
+
     @classmethod
     def check(cls, kw):
         if "stages" not in kw:

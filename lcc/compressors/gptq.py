@@ -128,6 +128,7 @@ class GPTQ(Compressor):
     """GPTQ weight-only quantization (calibrated, sequential over the blocks)."""
 
     name = "gptq"
+    cacheable = True
     params = {"bits": 4, "group_size": 128, "sym": False, "act_order": False, "static_groups": False,
               "percdamp": 0.01, "blocksize": 128, "propagate": True}
     calibrated = True

@@ -97,6 +97,7 @@ class Mixed(Compressor):
     """Mixed-precision RTN keeping the most salient ``keep`` fraction of groups at ``high_bits``."""
 
     name = "mixed"
+    cacheable = True
     params = {"bits": 4, "high_bits": 8, "keep": 0.02, "group_size": 128, "sym": False,
               "saliency": "max_abs", "propagate": True}
     #: class default; the instance attribute set in __init__ says whether *this* configuration needs

@@ -69,6 +69,7 @@ class RandomPrune(Compressor):
     The floor every informed pruning method must beat."""
 
     name = "random"
+    cacheable = True
     params = {"sparsity": 0.5, "seed": 0}
 
     @classmethod
@@ -122,6 +123,7 @@ class Wanda(Compressor):
     """Wanda (Sun et al. 2023, locuslab/wanda): prune by |W|·‖X‖ without weight update."""
 
     name = "wanda"
+    cacheable = True
     params = {"sparsity": 0.5, **NM_PARAMS, "propagate": True}
     calibrated = True
 
@@ -219,6 +221,7 @@ class SparseGPT(Compressor):
     """SparseGPT (IST-DASLab/sparsegpt): one-shot pruning with OBS weight reconstruction."""
 
     name = "sparsegpt"
+    cacheable = True
     params = {"sparsity": 0.5, **NM_PARAMS, "blocksize": 128, "percdamp": 0.01, "propagate": True}
     calibrated = True
 

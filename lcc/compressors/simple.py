@@ -37,6 +37,7 @@ class Magnitude(Compressor):
     ``nm_n`` largest |w| of every ``nm_m`` consecutive input weights of each row (sparsity = 1 - N/M)."""
 
     name = "magnitude"
+    cacheable = True
     params = {"sparsity": 0.5, "nm_n": 0, "nm_m": 0}
 
     @classmethod
@@ -72,6 +73,7 @@ class Quant(Compressor):
     """Weight-only round-to-nearest, asymmetric min/max per group of ``group_size`` input weights."""
 
     name = "quant"
+    cacheable = True
     params = {"bits": 4, "group_size": 128, "sym": False}
 
     @classmethod

@@ -1,0 +1,319 @@
+"""The dense-reference and compressed-weight caches (lcc.cache + lcc.job): hits give the same numbers as
+no cache, racing jobs compute once, corrupted/truncated entries are recomputed, write errors are clear."""
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing as mp
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lcc import ConfigError
+from lcc.cache import TensorStore, key_of
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+# ---- TensorStore ---------------------------------------------------------------------------------
+def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"windows": torch.randint(0, 256, (2, 64), generator=g),
+            "hidden.0000": torch.randn(64, 16, generator=g), "hidden.0001": torch.randn(64, 16, generator=g)}
+
+
+def _leftovers(store: TensorStore) -> list[str]:
+    return [p.name for p in store.dir.iterdir() if ".tmp-" in p.name or ".trash-" in p.name] \
+        if store.dir.exists() else []
+
+
+def test_roundtrip_miss_then_hit(tmp_path):
+    store = TensorStore(tmp_path, "dense")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _tensors(), {"dense_forward_s": 1.5}
+
+    key = key_of({"a": 1})
+    t1, m1, hit1 = store.get_or_create(key, {"a": 1}, compute)
+    t2, m2, hit2 = store.get_or_create(key, {"a": 1}, compute)
+    assert (hit1, hit2) == (False, True) and len(calls) == 1
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)
+    assert m2["facts"] == {"dense_forward_s": 1.5} and m2["inputs"] == {"a": 1}
+    assert sorted(p.name for p in store.path(key).iterdir()) == ["meta.json", "part-0000.safetensors"]
+    assert _leftovers(store) == []
+
+
+def test_key_is_canonical():
+    assert key_of({"a": 1, "b": [1, 2]}) == key_of({"b": [1, 2], "a": 1})
+    assert key_of({"a": 1}) != key_of({"a": 2})
+
+
+def test_sharded_entry(tmp_path, monkeypatch):
+    monkeypatch.setattr("lcc.cache.SHARD_BYTES", 64 * 16 * 4)  # one hidden tensor per shard
+    store = TensorStore(tmp_path, "dense")
+    t, meta, _ = store.get_or_create("k" * 64, {}, lambda: (_tensors(), {}))
+    assert len(meta["parts"]) >= 2
+    t2, _, hit = store.get_or_create("k" * 64, {}, lambda: pytest.fail("recomputed"))
+    assert hit and all(torch.equal(t[k], t2[k]) for k in t)
+
+
+def test_threads_racing_compute_once(tmp_path):
+    store = TensorStore(tmp_path, "dense")
+    calls, results = [], []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.5)  # the other thread arrives while this one computes
+        return _tensors(), {}
+
+    def job():
+        results.append(store.get_or_create("r" * 64, {}, compute))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1
+    assert sorted(r[2] for r in results) == [False, True]
+    assert all(torch.equal(results[0][0][k], results[1][0][k]) for k in results[0][0])
+
+
+def _race_worker(root: str, counter: str, out: str) -> None:
+    store = TensorStore(root, "dense")
+
+    def compute():
+        with open(counter, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return _tensors(), {}
+
+    t, _, hit = store.get_or_create("p" * 64, {}, compute)
+    np.save(out, t["hidden.0001"].numpy(), allow_pickle=False)
+
+
+def test_processes_racing_compute_once(tmp_path):
+    ctx = mp.get_context("fork")
+    counter = tmp_path / "calls.txt"
+    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path / "c"), str(counter), str(tmp_path / f"o{i}.npy")))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len(counter.read_text().split()) == 1
+    a, b = (np.load(tmp_path / f"o{i}.npy", allow_pickle=False) for i in range(2))
+    assert np.array_equal(a, b)
+
+
+def _break(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        i = len(data) - 17
+        data[i] ^= 0xFF
+        data[i - 100] ^= 0x55
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_corrupted_or_truncated_entry_is_recomputed(tmp_path, how, caplog):
+    store = TensorStore(tmp_path, "dense")
+    key = "c" * 64
+    good, _, _ = store.get_or_create(key, {}, lambda: (_tensors(), {}))
+    _break(store.path(key) / "part-0000.safetensors", how)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _tensors(), {}
+
+    with caplog.at_level("WARNING", logger="lcc.cache"):
+        t, _, hit = store.get_or_create(key, {}, compute)
+    assert not hit and calls == [1]
+    assert "invalid" in caplog.text and ("checksum mismatch" in caplog.text or "truncated" in caplog.text)
+    assert all(torch.equal(good[k], t[k]) for k in good)
+    assert store.read(key) is not None and _leftovers(store) == []
+
+
+def test_corrupted_metadata_and_failed_check_are_recomputed(tmp_path):
+    store = TensorStore(tmp_path, "dense")
+    key = "m" * 64
+    store.get_or_create(key, {}, lambda: (_tensors(), {}))
+    (store.path(key) / "meta.json").write_text("{not json")
+    _, _, hit = store.get_or_create(key, {}, lambda: (_tensors(), {}))
+    assert not hit
+    # a check that rejects the content (e.g. other token ids) also forces a recompute
+    _, _, hit = store.get_or_create(key, {}, lambda: (_tensors(1), {}), check=lambda t, m: "windows differ")
+    assert not hit
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")  # a folder below a file cannot be created, even by root
+    store = TensorStore(blocker / "cache", "dense")
+    with pytest.raises(ConfigError, match=str(blocker / "cache")) as e:
+        store.get_or_create("u" * 64, {}, lambda: (_tensors(), {}))
+    assert "cache.dir" in str(e.value) and "cache.enabled=false" in str(e.value)
+
+
+def test_disk_full_before_write_is_a_clear_error(tmp_path, monkeypatch):
+    store = TensorStore(tmp_path, "dense")
+
+    class Usage:
+        free = 10
+
+    monkeypatch.setattr("lcc.cache.shutil.disk_usage", lambda p: Usage)
+    with pytest.raises(OSError) as e:
+        store.get_or_create("f" * 64, {}, lambda: (_tensors(), {}))
+    assert e.value.errno == errno.ENOSPC and str(store.dir) in str(e.value)
+    assert not store.path("f" * 64).exists() and _leftovers(store) == []
+
+
+@pytest.mark.parametrize("where", ["save", "replace"])
+def test_enospc_during_write_leaves_nothing(tmp_path, monkeypatch, where):
+    store = TensorStore(tmp_path, "dense")
+
+    def enospc(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "save":
+        monkeypatch.setattr("safetensors.torch.save_file", enospc)
+    else:
+        monkeypatch.setattr("lcc.cache.os.replace", enospc)
+    with pytest.raises(OSError) as e:
+        store.get_or_create("e" * 64, {}, lambda: (_tensors(), {}))
+    assert e.value.errno == errno.ENOSPC and str(store.dir) in str(e.value) and "cache.dir" in str(e.value)
+    assert not store.path("e" * 64).exists() and _leftovers(store) == []
+
+
+def test_killed_writer_leftovers_are_ignored_and_cleaned(tmp_path):
+    store = TensorStore(tmp_path, "dense")
+    key = "k" * 64
+    tmp = store.dir / f".{key}.tmp-otherhost-123"
+    tmp.mkdir(parents=True)
+    (tmp / "part-0000.safetensors").write_bytes(b"half")
+    assert store.read(key) is None
+    _, _, hit = store.get_or_create(key, {}, lambda: (_tensors(), {}))
+    assert not hit and not tmp.exists()
+
+
+def test_no_pickle_anywhere_in_cache_reads(tmp_path, monkeypatch):
+    store = TensorStore(tmp_path, "dense")
+    store.get_or_create("n" * 64, {}, lambda: (_tensors(), {}))
+
+    def forbidden(*a, **k):
+        raise AssertionError("pickle used")
+
+    import pickle
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    assert store.read("n" * 64) is not None
+    src = (Path(__file__).resolve().parent.parent / "lcc" / "cache.py").read_text()
+    assert "import pickle" not in src and "torch.load" not in src and "pickle.load" not in src
+
+
+# ---- through lcc.job.run ---------------------------------------------------------------------------
+def compose_cfg(tmp: Path, name: str, *overrides: str):
+    import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("sweep", overrides=["model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256",
+                                           "compressor=quant", f"output_dir={tmp / name}",
+                                           f"++cache.dir={tmp / 'cache'}", *overrides])
+
+
+@pytest.fixture
+def cacheable_quant(monkeypatch):
+    from lcc.compressors.simple import Quant
+    monkeypatch.setattr(Quant, "cacheable", True, raising=False)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["summary"] == b["summary"] and a["compress_info"] == b["compress_info"]
+
+
+def test_job_cache_hits_give_identical_numbers(tmp_path, cacheable_quant):
+    from lcc.job import run
+
+    r1 = run(compose_cfg(tmp_path, "q256"))
+    assert r1["cache"]["dense"] == "miss" and r1["cache"]["compressed"] == "miss"
+    # another compressor at the same ctx: dense hit
+    r2 = run(compose_cfg(tmp_path, "m256", "compressor=magnitude"))
+    assert r2["cache"]["dense"] == "hit" and r2["cache"]["compressed"] == "miss"  # magnitude: weight-only, cacheable
+    # the same compressor at another ctx: compressed hit, dense miss
+    r3 = run(compose_cfg(tmp_path, "q512", "ctx.tokens=512"))
+    assert r3["cache"] == {**r3["cache"], "dense": "miss", "compressed": "hit"}
+    assert r3["timings"]["compress_s"] == pytest.approx(r1["timings"]["compress_s"])  # the original time
+    # both hits at once, and a cache-free run: all numbers identical
+    r4 = run(compose_cfg(tmp_path, "q512b", "ctx.tokens=512"))
+    assert r4["cache"]["dense"] == "hit" and r4["cache"]["compressed"] == "hit"
+    r5 = run(compose_cfg(tmp_path, "q512c", "ctx.tokens=512", "++cache.enabled=false"))
+    assert r5["cache"] == {"dense": "off", "compressed": "off"}
+    _same(r3, r5)
+    _same(r4, r5)
+    r6 = run(compose_cfg(tmp_path, "m256c", "compressor=magnitude", "++cache.enabled=false"))
+    _same(r2, r6)
+    saved = json.loads((tmp_path / "q512b" / "result.json").read_text())
+    assert saved["cache"]["compressed"] == "hit"
+
+
+def test_job_lm_head_compressor_with_dense_hit(tmp_path, cacheable_quant):
+    from lcc.job import run
+
+    run(compose_cfg(tmp_path, "a"))
+    over = ["compressor.targets.lm_head=true"]
+    r = run(compose_cfg(tmp_path, "b", *over))
+    assert r["cache"]["dense"] == "hit"
+    r_ref = run(compose_cfg(tmp_path, "c", *over, "++cache.enabled=false"))
+    _same(r, r_ref)
+
+
+def test_job_recomputes_a_corrupted_dense_entry(tmp_path):
+    from lcc.job import run
+
+    r1 = run(compose_cfg(tmp_path, "a"))
+    entry = tmp_path / "cache" / "dense" / r1["cache"]["dense_key"]
+    _break(entry / "part-0000.safetensors", "flip")
+    r2 = run(compose_cfg(tmp_path, "b"))
+    assert r2["cache"]["dense"] == "miss"
+    _same(r1, r2)
+    r3 = run(compose_cfg(tmp_path, "c"))
+    assert r3["cache"]["dense"] == "hit"
+
+
+def test_job_unwritable_cache_dir_fails_clearly(tmp_path):
+    from lcc.job import run
+
+    (tmp_path / "blocker").write_text("x")
+    cfg = compose_cfg(tmp_path, "a", f"++cache.dir={tmp_path / 'blocker' / 'c'}")
+    with pytest.raises(ConfigError, match="blocker"):
+        run(cfg)
+    res = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert res["status"] == "failed" and "cache.dir" in res["error"]
+
+
+def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path, monkeypatch):
+    from lcc.compressors.prune import Wanda
+    from lcc.job import run
+
+    monkeypatch.setattr(Wanda, "cacheable", True, raising=False)
+    cal = ["compressor=wanda", "calib.n_samples=2", "calib.seqlen=64"]
+    r1 = run(compose_cfg(tmp_path, "a", *cal))
+    r2 = run(compose_cfg(tmp_path, "b", *cal, "ctx.tokens=512"))
+    assert (r1["cache"]["compressed"], r2["cache"]["compressed"]) == ("miss", "hit")
+    _same(r2, run(compose_cfg(tmp_path, "c", *cal, "ctx.tokens=512", "++cache.enabled=false")))
+    # other calibration data -> another entry
+    r4 = run(compose_cfg(tmp_path, "d", *cal[:-1], "calib.seqlen=32"))
+    assert r4["cache"]["compressed"] == "miss" and r4["cache"]["compressed_key"] != r1["cache"]["compressed_key"]
