@@ -246,7 +246,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
             med, _, last = interleaved({"read": hit}, dev, reps)
             r.update(cache_read_s=med["read"])
             cached = last["read"]
-            print(f"[eval] {arch} {n:>6} cache hit (TensorStore.read, sha256-checked): {med['read']:.4f} s",
+            print(f"[eval] {arch} {n:>6} cache hit (TensorStore.read, checksum-verified): {med['read']:.4f} s",
                   flush=True)
         else:  # what a hit hands to the compressed pass: the dense hidden states in CPU memory
             cached = [h.cpu() for h in dense_hidden[n]]
@@ -410,7 +410,7 @@ def report(args, env, eval_rows, comp_rows) -> str:
                           f"({some.get('compressor')}, {_f(some.get('compress_s'), '{:.2f}')} s) excluded. "
                           f"lcc with-cache = compressed_pass + summarize on dense hidden states in CPU memory, as a "
                           f"cache hit returns them; + cache read adds a serial `lcc.cache.TensorStore.read` "
-                          f"(sha256-checked) of the entry. Ratio target <= {RATIO_TARGET}. Peak = max allocated over "
+                          f"(xxh3-checked) of the entry. Ratio target <= {RATIO_TARGET}. Peak = max allocated over "
                           f"the lcc evaluation of that length (dense pass, in-place compression, compressed pass); "
                           f"lcc never holds two model copies."]
     if comp_rows:
