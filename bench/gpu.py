@@ -241,7 +241,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
         r = rows[(arch, n)]
         r.update(compress_s=t_comp, peak_compress_gib=peak_comp, compressor=f"{compressor} {comp.level()}")
         ids_dev = ids.to(dev)
-        if have_cache:  # a cache hit returns CPU tensors read from disk (sha256-checked)
+        if have_cache:  # a cache hit returns CPU tensors read from disk (checksum-verified)
             hit = _cache_roundtrip(cache_dir, f"bench-{arch}-{n}", dense_hidden[n], ids)
             med, _, last = interleaved({"read": hit}, dev, reps)
             r.update(cache_read_s=med["read"])

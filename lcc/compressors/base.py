@@ -95,6 +95,14 @@ def check_fraction(kwargs: dict, key: str, lo_closed: bool = True, hi_closed: bo
             raise ConfigError(f"{key}={v!r} is invalid; valid: a number in {rng}")
 
 
+def check_group_size(kwargs: dict, key: str = "group_size", whole: str = "one group per row",
+                     hi: int = 1 << 20) -> None:
+    """A group size: a positive integer, or -1 for ``whole``."""
+    check_int(kwargs, key, -1, hi)
+    if kwargs.get(key) == 0:
+        raise ConfigError(f"{key}=0 is invalid; valid: a positive integer, or -1 for {whole}")
+
+
 def check_choice(kwargs: dict, key: str, choices: list) -> None:
     if key in kwargs and kwargs[key] not in choices:
         raise ConfigError(f"{key}={kwargs[key]!r} is invalid; valid choices: {choices}")

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, check_fraction, check_int, register, target_linears
+from lcc.compressors.base import (Compressor, check_fraction, check_group_size, check_int, register,
+                                  target_linears)
 from lcc.compressors.engine import HessianStats, inverse_hessian_upper, prepare_hessian, run_sequential
 from lcc.compressors.quantize import effective_bits, qparams
 
@@ -136,9 +137,7 @@ class GPTQ(Compressor):
     @classmethod
     def check(cls, kw):
         check_int(kw, "bits", 2, 8)
-        check_int(kw, "group_size", -1, 1 << 20)
-        if kw.get("group_size") == 0:
-            raise ConfigError("group_size=0 is invalid; valid: a positive integer, or -1 for one group per row")
+        check_group_size(kw)
         check_int(kw, "blocksize", 1, 1 << 16)
         check_fraction(kw, "percdamp", lo_closed=True, hi_closed=True)
         for k in ("sym", "act_order", "static_groups", "propagate"):

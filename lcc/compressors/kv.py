@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, check_choice, check_int, decoder_layers, register
+from lcc.compressors.base import (Compressor, check_choice, check_group_size, check_int, decoder_layers,
+                                  register)
 from lcc.compressors.quantize import fake_quant
 
 PREFIX = "lcc_kv_"
@@ -194,9 +195,7 @@ class KVQuant(Compressor):
     @classmethod
     def check(cls, kw):
         check_int(kw, "bits", 2, 8)
-        check_int(kw, "group_size", -1, 1 << 24)
-        if kw.get("group_size") == 0:
-            raise ConfigError("group_size=0 is invalid; valid: a positive integer, or -1 for one group")
+        check_group_size(kw, whole="one group", hi=1 << 24)
         check_choice(kw, "key_mode", ["channel", "token"])
         check_int(kw, "sink", 0, 1 << 24)
         check_int(kw, "window", 0, 1 << 24)

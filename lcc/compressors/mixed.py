@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, check_choice, check_fraction, check_int, register, target_linears
+from lcc.compressors.base import (Compressor, check_choice, check_fraction, check_group_size, check_int,
+                                  register, target_linears)
 from lcc.compressors.engine import NormStats, run_sequential
 from lcc.compressors.quantize import fake_quant, n_groups
 
@@ -109,9 +110,7 @@ class Mixed(Compressor):
         check_int(kw, "bits", 2, 8)
         check_int(kw, "high_bits", 2, 16)
         check_fraction(kw, "keep", hi_closed=True)
-        check_int(kw, "group_size", -1, 1 << 20)
-        if kw.get("group_size") == 0:
-            raise ConfigError("group_size=0 is invalid; valid: a positive integer, or -1 for one group per row")
+        check_group_size(kw)
         check_choice(kw, "saliency", SALIENCIES)
         bits, high = kw.get("bits", cls.params["bits"]), kw.get("high_bits", cls.params["high_bits"])
         if high < bits:

@@ -1,4 +1,4 @@
-"""Pruning: random, Wanda and SparseGPT (plus the N:M helpers shared with magnitude pruning).
+"""Pruning: magnitude, random, Wanda and SparseGPT, and the N:M structured option they share.
 
 N:M convention (the one of this project, everywhere): ``nm_n`` is the number of weights **kept**
 (non-zero) in every group of ``nm_m`` consecutive input weights of a row, so 2:4 keeps 2 of every 4.
@@ -13,9 +13,8 @@ import torch
 
 from lcc import ConfigError
 from lcc.compressors.base import (Compressor, check_fraction, check_int, register, target_linears)
-from lcc.compressors.engine import (HessianStats, Method, NormStats, inverse_hessian_upper, prepare_hessian,
+from lcc.compressors.engine import (HessianStats, NormStats, inverse_hessian_upper, prepare_hessian,
                                     run_sequential)
-from lcc.compressors.simple import prune_smallest
 
 NM_PARAMS = {"nm_n": 0, "nm_m": 0}
 
@@ -56,10 +55,71 @@ def nm_level(n: int, m: int, sparsity: float) -> str:
     return f"{n}:{m}" if m else f"sparsity={sparsity}"
 
 
+def prune_smallest(weight: torch.Tensor, score: torch.Tensor, sparsity: float) -> int:
+    """Zero exactly round(sparsity * numel) entries of ``weight`` with the lowest ``score``."""
+    k = int(round(sparsity * weight.numel()))
+    if k:
+        idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
+        weight.view(-1)[idx] = 0
+    return k
+
+
 def _sparsity_facts(lins: dict[str, torch.nn.Linear]) -> dict[str, Any]:
     zeros = sum(int((lin.weight == 0).sum()) for lin in lins.values())
     total = sum(lin.weight.numel() for lin in lins.values())
     return {"sparsity_achieved": zeros / max(total, 1), "n_linears": len(lins)}
+
+
+class NMPruner(Compressor):
+    """Base of the pruners that take ``sparsity`` or N:M structure (magnitude, wanda, sparsegpt)."""
+
+    params = {"sparsity": 0.5, **NM_PARAMS}
+
+    @classmethod
+    def check(cls, kw):
+        check_fraction(kw, "sparsity")
+        check_nm(kw)
+
+    def __init__(self, targets=None, **kw):
+        super().__init__(targets, **kw)
+        if self.nm_m:
+            self.sparsity = 1 - self.nm_n / self.nm_m
+
+    def level(self) -> str:
+        return nm_level(self.nm_n, self.nm_m, self.sparsity)
+
+    def nm_linears(self, model) -> dict[str, torch.nn.Linear]:
+        """The targeted Linears, after checking that nm_m divides every one's input width."""
+        lins = target_linears(model, self.targets)
+        for name, lin in lins.items():
+            check_nm_width(lin.in_features, self.nm_m, name)
+        return lins
+
+
+# ---- magnitude -----------------------------------------------------------------------------------
+@register
+class Magnitude(NMPruner):
+    """Magnitude pruning with a per-layer threshold: in every targeted Linear the ``sparsity`` fraction
+    of weights with the smallest |w| is set to zero. With ``nm_n``/``nm_m`` > 0: N:M structured, keep the
+    ``nm_n`` largest |w| of every ``nm_m`` consecutive input weights of each row (sparsity = 1 - N/M)."""
+
+    name = "magnitude"
+    cacheable = True
+
+    @torch.no_grad()
+    def compress(self, model, calib=None):
+        pruned = total = 0
+        lins = self.nm_linears(model)
+        for lin in lins.values():
+            w = lin.weight.data
+            if self.nm_m:
+                mask = nm_prune_mask(w.abs(), self.nm_n, self.nm_m)
+                w[mask] = 0
+                pruned += int(mask.sum())
+            else:
+                pruned += prune_smallest(w, w.abs(), self.sparsity)
+            total += w.numel()
+        return {"sparsity_achieved": pruned / max(total, 1), "n_linears": len(lins)}
 
 
 # ---- random --------------------------------------------------------------------------------------
@@ -119,32 +179,17 @@ class _WandaMethod(NormStats):
 
 
 @register
-class Wanda(Compressor):
+class Wanda(NMPruner):
     """Wanda (Sun et al. 2023, locuslab/wanda): prune by |W|·‖X‖ without weight update."""
 
     name = "wanda"
     cacheable = True
-    params = {"sparsity": 0.5, **NM_PARAMS, "propagate": True}
+    params = {**NMPruner.params, "propagate": True}
     calibrated = True
-
-    @classmethod
-    def check(cls, kw):
-        check_fraction(kw, "sparsity")
-        check_nm(kw)
-
-    def __init__(self, targets=None, **kw):
-        super().__init__(targets, **kw)
-        if self.nm_m:
-            self.sparsity = 1 - self.nm_n / self.nm_m
-
-    def level(self) -> str:
-        return nm_level(self.nm_n, self.nm_m, self.sparsity)
 
     @torch.no_grad()
     def compress(self, model, calib=None):
-        lins = target_linears(model, self.targets)
-        for name, lin in lins.items():
-            check_nm_width(lin.in_features, self.nm_m, name)
+        lins = self.nm_linears(model)
         run_sequential(model, calib, self.targets, _WandaMethod(self.sparsity, self.nm_n, self.nm_m),
                        propagate=bool(self.propagate), desc="wanda")
         return _sparsity_facts(lins)
@@ -217,34 +262,23 @@ class _SparseGPTMethod(HessianStats):
 
 
 @register
-class SparseGPT(Compressor):
+class SparseGPT(NMPruner):
     """SparseGPT (IST-DASLab/sparsegpt): one-shot pruning with OBS weight reconstruction."""
 
     name = "sparsegpt"
     cacheable = True
-    params = {"sparsity": 0.5, **NM_PARAMS, "blocksize": 128, "percdamp": 0.01, "propagate": True}
+    params = {**NMPruner.params, "blocksize": 128, "percdamp": 0.01, "propagate": True}
     calibrated = True
 
     @classmethod
     def check(cls, kw):
-        check_fraction(kw, "sparsity")
-        check_nm(kw)
+        super().check(kw)
         check_int(kw, "blocksize", 1, 1 << 16)
         check_fraction(kw, "percdamp", lo_closed=True, hi_closed=True)
 
-    def __init__(self, targets=None, **kw):
-        super().__init__(targets, **kw)
-        if self.nm_m:
-            self.sparsity = 1 - self.nm_n / self.nm_m
-
-    def level(self) -> str:
-        return nm_level(self.nm_n, self.nm_m, self.sparsity)
-
     @torch.no_grad()
     def compress(self, model, calib=None):
-        lins = target_linears(model, self.targets)
-        for name, lin in lins.items():
-            check_nm_width(lin.in_features, self.nm_m, name)
+        lins = self.nm_linears(model)
         method = _SparseGPTMethod(self.sparsity, self.nm_n, self.nm_m, self.blocksize, self.percdamp)
         run_sequential(model, calib, self.targets, method, propagate=bool(self.propagate), desc="sparsegpt")
         return {**_sparsity_facts(lins), "cholesky_retries": method.retries}

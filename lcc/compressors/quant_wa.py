@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, check_int, register, target_linears
-from lcc.compressors.quantize import effective_bits, fake_quant
+from lcc.compressors.base import Compressor, check_group_size, check_int, register, target_linears
+from lcc.compressors.quantize import fake_quant, fake_quant_linears
 
 HOOK_ATTR = "_lcc_act_quant_hooks"
 
@@ -21,12 +21,6 @@ HOOK_ATTR = "_lcc_act_quant_hooks"
 def _check_bits(kw, key):
     if key in kw and kw[key] != 16:
         check_int(kw, key, 2, 8)
-
-
-def _check_group(kw, key):
-    check_int(kw, key, -1, 1 << 20)
-    if kw.get(key) == 0:
-        raise ConfigError(f"{key}=0 is invalid; valid: a positive integer, or -1 for one group per row/token")
 
 
 def install_act_quant(model, lins: dict, bits: int, group_size: int = -1, sym: bool = False) -> int:
@@ -52,8 +46,8 @@ class QuantWA(Compressor):
     def check(cls, kw):
         _check_bits(kw, "w_bits")
         _check_bits(kw, "a_bits")
-        _check_group(kw, "group_size")
-        _check_group(kw, "a_group_size")
+        check_group_size(kw, "group_size", whole="one group per row/token")
+        check_group_size(kw, "a_group_size", whole="one group per row/token")
         for k in ("sym", "a_sym"):
             if k in kw and not isinstance(kw[k], bool):
                 raise ConfigError(f"{k}={kw[k]!r} is invalid; valid: true or false")
@@ -75,15 +69,11 @@ class QuantWA(Compressor):
     @torch.no_grad()
     def compress(self, model, calib=None):
         lins = target_linears(model, self.targets)
-        n_w = eff = 0.0
-        for lin in lins.values():
-            w = lin.weight.data
-            if self.w_bits != 16:
-                w.copy_(fake_quant(w, self.w_bits, self.group_size, self.sym))
-                eff += effective_bits(self.w_bits, w.shape[1], self.group_size) * w.numel()
-            else:
-                eff += 16 * w.numel()
-            n_w += w.numel()
+        if self.w_bits != 16:
+            eff, n_w = fake_quant_linears(lins.values(), self.w_bits, self.group_size, self.sym)
+        else:
+            n_w = sum(lin.weight.numel() for lin in lins.values())
+            eff = 16.0 * n_w
         n_hooks = install_act_quant(model, lins, self.a_bits, self.a_group_size, self.a_sym) \
             if self.a_bits != 16 else 0
         return {"effective_bits": eff / max(n_w, 1), "n_linears": len(lins), "act_quant_hooks": n_hooks}

@@ -54,6 +54,19 @@ def fake_quant(x: torch.Tensor, bits: int, group_size: int = 128, sym: bool = Fa
     return out.to(x.dtype)
 
 
+@torch.no_grad()
+def fake_quant_linears(linears, bits: int, group_size: int, sym: bool = False) -> tuple[float, int]:
+    """Fake-quantize the weights of every Linear in place. Returns (sum over weights of their effective
+    bits, number of weights), so that callers can average over several sets."""
+    eff, n = 0.0, 0
+    for lin in linears:
+        w = lin.weight.data
+        w.copy_(fake_quant(w, bits, group_size, sym))
+        eff += effective_bits(bits, w.shape[1], group_size) * w.numel()
+        n += w.numel()
+    return eff, n
+
+
 def n_groups(width: int, group_size: int) -> int:
     """Number of (scale, zero) groups per row for a row of ``width`` values."""
     if group_size <= 0 or group_size >= width:
