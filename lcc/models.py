@@ -150,3 +150,15 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
     max_ctx = int(cfg.get("max_context") or getattr(model.config, "max_position_embeddings", 0) or 0)
     log.info("loaded model %s (%s) in %.1fs", cfg.name, kind, time.time() - t0)
     return model, tok, max_ctx
+
+
+def prepare_embedded() -> Path:
+    """Dequantize the embedded SmolLM2 GGUF into the cache now (part of ``make venv``), so that the first
+    job loads in seconds instead of ~35 s. Returns the cached checkpoint's folder."""
+    _load_gguf_cached(smollm2_gguf(), torch.float32)
+    return next((cache_root() / "models").glob(f"{Path(SMOLLM2_FILE).stem}-*[0-9]"))
+
+
+if __name__ == "__main__":  # python -m lcc.models
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"embedded model ready: {prepare_embedded()}")
