@@ -114,3 +114,14 @@ def test_study_experiment_runs_its_whole_grid_in_one_command(tmp_path):
     assert {c for c, _ in rows} == {"magnitude", "wanda", "quant", "quant_wa", "mixed", "random", "none"}
     assert len(rows) == 16 and set(table.ctx) == {1024}
     assert table.set_index("compressor").loc["none", "kl_mean"] == 0.0
+
+
+def test_a_second_launch_into_the_same_sweep_dir_extends_the_manifest(tmp_path):
+    sweep = tmp_path / "sweep"
+    base = ["-m", "model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256", f"hydra.sweep.dir={sweep}"]
+    assert run_cli(*base, "compressor=quant").returncode == 0
+    assert run_cli(*base, "compressor=magnitude,quant").returncode == 0
+    jobs = json.loads((sweep / "lcc_jobs.json").read_text())["jobs"]
+    assert sorted(j["dir"] for j in jobs) == sorted({j["dir"] for j in jobs}) and len(jobs) == 2
+    df, _ = reduce(sweep, plots=False)
+    assert sorted(df.status) == ["ok", "ok"]

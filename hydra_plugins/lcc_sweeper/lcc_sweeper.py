@@ -85,7 +85,9 @@ class LccSweeper(BasicSweeper):
                               + "\n".join(errors))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         manifest = sweep_dir / "lcc_jobs.json"
-        old = read_json(manifest)["jobs"] if self._n_validated and manifest.exists() else []
-        write_json(manifest, {"jobs": old + jobs})
+        # Earlier launches into the same sweep dir (a resumed or extended sweep) stay listed.
+        old = read_json(manifest)["jobs"] if manifest.exists() else []
+        new_dirs = {j["dir"] for j in jobs}
+        write_json(manifest, {"jobs": [j for j in old if j["dir"] not in new_dirs] + jobs})
         self._n_validated += len(batch)
         lcc.sweep.LAST_SWEEP_DIR = sweep_dir
