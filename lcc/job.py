@@ -39,16 +39,20 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_context(cfg: DictConfig, max_ctx: int | None) -> None:
+    ctx = cfg.ctx.tokens
+    if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
+        raise ConfigError(f"ctx={ctx} tokens exceeds model {cfg.model.name}'s trained context of {max_ctx}; "
+                          f"choose ctx <= {max_ctx} or set allow_long_context=true")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no model: raise ConfigError naming the bad value and the valid choices."""
     compressors.validate(cfg.compressor)
     ctx = cfg.ctx.tokens
     if not isinstance(ctx, int) or ctx < 2:
         raise ConfigError(f"ctx.tokens={ctx!r} is invalid; valid: an integer >= 2 (or ctx=1k,2k,...,128k)")
-    max_ctx = cfg.model.get("max_context")
-    if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
-        raise ConfigError(f"ctx={ctx} tokens exceeds model {cfg.model.name}'s trained context of {max_ctx}; "
-                          f"choose ctx <= {max_ctx} or set allow_long_context=true")
+    check_context(cfg, cfg.model.get("max_context"))
     if not isinstance(cfg.n_docs, int) or cfg.n_docs < 1:
         raise ConfigError(f"n_docs={cfg.n_docs!r} is invalid; valid: an integer >= 1")
     if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
@@ -286,9 +290,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
         cache["dir"] = str(cs.dir)
     model, tok, max_ctx = load_model(cfg.model, device, dtype)
     ctx = cfg.ctx.tokens
-    if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
-        raise ConfigError(f"ctx={ctx} tokens exceeds model {cfg.model.name}'s trained context of {max_ctx}; "
-                          f"choose ctx <= {max_ctx} or set allow_long_context=true")
+    check_context(cfg, max_ctx)  # again with the loaded model's own length (hf models may leave it null)
     timings["load_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
