@@ -18,7 +18,7 @@ import pandas as pd
 from lcc.io import atomic_write, read_json
 
 log = logging.getLogger(__name__)
-SUMMARY_COLS = ["kl_mean", "kl_se", "kl_slope", "kl_slope_se", "kl_median", "kl_p90", "kl_p99", "kl_max",
+SUMMARY_COLS = ["kl_mean", "kl_se", "kl_slope", "kl_slope_se", "kl_slope_late", "kl_slope_late_se", "kl_median", "kl_p90", "kl_p99", "kl_max",
                 "top1_agree", "top1_agree_se", "delta_nll", "delta_nll_se", "ppl_dense", "ppl_compressed",
                 "n_docs", "n_positions"]
 
@@ -75,13 +75,15 @@ def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out = {}
     for name, m, se in [("mean KL (nats/token) ± SE", "kl_mean", "kl_se"),
                         ("KL slope per doubling of position ± SE", "kl_slope", "kl_slope_se"),
+                        ("KL slope per doubling, positions >= 512 only ± SE", "kl_slope_late",
+                         "kl_slope_late_se"),
                         ("top-1 agreement", "top1_agree", "top1_agree_se"),
                         ("ΔNLL = ln(PPL_c / PPL_d) ± SE", "delta_nll", "delta_nll_se")]:
         ok["cell"] = [pm(a, b) for a, b in zip(ok[m], ok[se])]
         t = ok.pivot_table(index=["model", "data", "compressor", "level"], columns="ctx", values="cell",
                            aggfunc="first")
         t.columns = [ctx_label(c) for c in t.columns]
-        out[name] = t
+        out[name] = t.fillna("–")  # a combination that was not run (or did not finish) at this ctx
     return out
 
 

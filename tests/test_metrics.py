@@ -120,3 +120,15 @@ def test_summarize_on_constructed_data():
     assert s["kl_max"] == pytest.approx(kl.max())
     assert s["kl_p99"] == pytest.approx(np.quantile(kl, 0.99))
     assert [c["bin_lo"] for c in curve] == [1, 64, 128, 256, 512]
+    assert math.isnan(s["kl_slope_late"])  # one bin at or after 512: no slope
+
+
+def test_late_slope_ignores_the_early_positions():
+    d, t = 3, 8191
+    pos = np.arange(1, t + 1)
+    # high early KL that decays (a U's left arm), then a rise of 0.02 per doubling from position 512 on
+    kl = np.stack([np.where(pos < 512, 1.0 / np.sqrt(pos), 0.1 + 0.02 * np.log2(pos / 512)) + 0.01 * i
+                   for i in range(d)])
+    s, curve = summarize(kl, kl * 0, kl * 0, kl * 0)
+    assert s["kl_slope"] < 0.0  # the all-bins slope is dominated by the early positions
+    assert s["kl_slope_late"] == pytest.approx(0.02, rel=0.05)

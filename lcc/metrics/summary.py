@@ -8,6 +8,9 @@ import math
 import numpy as np
 
 FIRST_EDGE = 64  # positions below 64 form one bin: [1, 64)
+#: ``kl_slope_late`` fits only the bins that start at or after this position: the first few hundred
+#: positions of a window often have a high KL of their own, which dominates the all-bins slope.
+LATE_FROM = 512
 
 
 def octave_bins(n_positions: int) -> list[tuple[int, int]]:
@@ -62,8 +65,11 @@ def summarize(kl: np.ndarray, nll_p: np.ndarray, nll_q: np.ndarray, agree: np.nd
     dnll_bins = bin_means(nll_q - nll_p, bins)
     agree_bins = bin_means(agree, bins)
     slopes = slope_vs_log2(kl_bins, x)
+    late = np.array([lo >= LATE_FROM for lo, _ in bins])
+    late_slopes = slope_vs_log2(kl_bins[:, late], x[late])
     kl_mean, kl_se = mean_se(kl.mean(axis=1))
     sl_mean, sl_se = mean_se(slopes)
+    late_mean, late_se = mean_se(late_slopes)
     ag_mean, ag_se = mean_se(agree.mean(axis=1))
     dn_mean, dn_se = mean_se((nll_q - nll_p).mean(axis=1))
     flat = kl.ravel()
@@ -73,6 +79,7 @@ def summarize(kl: np.ndarray, nll_p: np.ndarray, nll_q: np.ndarray, agree: np.nd
         "kl_median": float(np.median(flat)), "kl_p90": float(np.quantile(flat, 0.90)),
         "kl_p99": float(np.quantile(flat, 0.99)), "kl_max": float(flat.max()),
         "kl_slope": float(sl_mean), "kl_slope_se": float(sl_se),
+        "kl_slope_late": float(late_mean), "kl_slope_late_se": float(late_se),
         "top1_agree": float(ag_mean), "top1_agree_se": float(ag_se),
         "delta_nll": float(dn_mean), "delta_nll_se": float(dn_se),
         "ppl_dense": float(np.exp(nll_p.mean())), "ppl_compressed": float(np.exp(nll_q.mean())),
