@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
     write_json(out / "result.json", result)
     from lcc.logger import log_result
     log_result(cfg, result, out)
-    s = result["summary"]
+    s = {k: float("nan") if v is None else v for k, v in result["summary"].items()}  # None: undefined (1 doc)
     log.info("done: %s %s ctx=%d  KL %.4g ± %.2g  slope %.3g  top1 %.3f  -> %s", result["compressor"],
              result["level"], cfg.ctx.tokens, s["kl_mean"], s["kl_se"], s["kl_slope"], s["top1_agree"], out)
     return result

@@ -35,6 +35,15 @@ def test_job_writes_complete_files(tmp_path):
     assert res["summary"] == saved["summary"]
 
 
+def test_one_document_job_stores_undefined_statistics_as_null(tmp_path):
+    # one window: no standard errors; 512 tokens: no bin starts late enough for the late slope
+    res = run(make_cfg(["model=tiny", "logger=none", "n_docs=1", "ctx.tokens=512", "compressor=quant"], tmp_path))
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["summary"]["kl_mean"] > 0 and saved["summary"]["kl_se"] is None
+    assert saved["summary"]["kl_slope_late"] is None and saved["curve"][0]["kl_se"] is None
+    assert res["summary"] == saved["summary"] and res["curve"] == saved["curve"]
+
+
 def test_finished_job_is_skipped_and_failed_job_records_traceback(tmp_path, caplog):
     cfg = make_cfg([*TINY, "compressor=magnitude"], tmp_path)
     first = run(cfg)

@@ -55,6 +55,13 @@ def slope_vs_log2(bin_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (yc * xc).sum(axis=1) / (xc ** 2).sum()
 
 
+def _num(v) -> float | None:
+    """A plain float, or None where the statistic is undefined (NaN: one document, too few bins), so the
+    returned dict equals the strict JSON written to result.json (which has no NaN)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def summarize(kl: np.ndarray, nll_p: np.ndarray, nll_q: np.ndarray, agree: np.ndarray) -> tuple[dict, list[dict]]:
     """Scalar summary and the binned curve (one dict per bin) of one job."""
     kl, nll_p, nll_q, agree = (np.asarray(a, dtype=np.float64) for a in (kl, nll_p, nll_q, agree))
@@ -75,19 +82,19 @@ def summarize(kl: np.ndarray, nll_p: np.ndarray, nll_q: np.ndarray, agree: np.nd
     flat = kl.ravel()
     summary = {
         "n_docs": d, "n_positions": t,
-        "kl_mean": float(kl_mean), "kl_se": float(kl_se),
-        "kl_median": float(np.median(flat)), "kl_p90": float(np.quantile(flat, 0.90)),
-        "kl_p99": float(np.quantile(flat, 0.99)), "kl_max": float(flat.max()),
-        "kl_slope": float(sl_mean), "kl_slope_se": float(sl_se),
-        "kl_slope_late": float(late_mean), "kl_slope_late_se": float(late_se),
-        "top1_agree": float(ag_mean), "top1_agree_se": float(ag_se),
-        "delta_nll": float(dn_mean), "delta_nll_se": float(dn_se),
-        "ppl_dense": float(np.exp(nll_p.mean())), "ppl_compressed": float(np.exp(nll_q.mean())),
+        "kl_mean": _num(kl_mean), "kl_se": _num(kl_se),
+        "kl_median": _num(np.median(flat)), "kl_p90": _num(np.quantile(flat, 0.90)),
+        "kl_p99": _num(np.quantile(flat, 0.99)), "kl_max": _num(flat.max()),
+        "kl_slope": _num(sl_mean), "kl_slope_se": _num(sl_se),
+        "kl_slope_late": _num(late_mean), "kl_slope_late_se": _num(late_se),
+        "top1_agree": _num(ag_mean), "top1_agree_se": _num(ag_se),
+        "delta_nll": _num(dn_mean), "delta_nll_se": _num(dn_se),
+        "ppl_dense": _num(np.exp(nll_p.mean())), "ppl_compressed": _num(np.exp(nll_q.mean())),
     }
     kb_m, kb_se = mean_se(kl_bins)
     db_m, db_se = mean_se(dnll_bins)
     ab_m, _ = mean_se(agree_bins)
-    curve = [{"bin_lo": lo, "bin_hi": hi, "log2_pos": float(xi), "kl_mean": float(km), "kl_se": float(ks),
-              "delta_nll": float(dm), "delta_nll_se": float(ds), "top1_agree": float(am)}
+    curve = [{"bin_lo": lo, "bin_hi": hi, "log2_pos": _num(xi), "kl_mean": _num(km), "kl_se": _num(ks),
+              "delta_nll": _num(dm), "delta_nll_se": _num(ds), "top1_agree": _num(am)}
              for (lo, hi), xi, km, ks, dm, ds, am in zip(bins, x, kb_m, kb_se, db_m, db_se, ab_m)]
     return summary, curve
