@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lcc import ConfigError
-from lcc.cache import TensorStore, key_of
+from lcc.cache import TensorStore, file_checksum, key_of
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -84,6 +84,35 @@ def test_threads_racing_compute_once(tmp_path):
     assert len(calls) == 1
     assert sorted(r[2] for r in results) == [False, True]
     assert all(torch.equal(results[0][0][k], results[1][0][k]) for k in results[0][0])
+
+
+def test_file_checksum_is_xxh3_of_the_bytes(tmp_path):
+    import xxhash
+
+    for n in (0, 1, 5 << 20):  # empty (cannot be memory-mapped), one byte, several MiB
+        data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+        (f := tmp_path / f"f{n}").write_bytes(data)
+        assert file_checksum(f) == xxhash.xxh3_128(data).hexdigest()
+    assert file_checksum(tmp_path / "f1") != file_checksum(tmp_path / "f0")
+
+
+def test_writability_probe_is_safe_across_threads(tmp_path):
+    store = TensorStore(tmp_path, "dense")
+    errors = []
+
+    def probe():
+        try:
+            for _ in range(300):
+                store.ensure_writable()
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=probe) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and list(store.dir.iterdir()) == []
 
 
 def _race_worker(root: str, counter: str, out: str) -> None:
