@@ -299,16 +299,30 @@ class CacheSettings:
     enabled: bool
     dir: Path
     dense: bool
-    compressed: bool
+    compressed: str | bool  # "auto": calibrated compressors only; True: every cacheable one; False: none
+
+    def cache_compressed(self, comp) -> bool:
+        """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps only calibrated methods
+        (gptq, sparsegpt, wanda, mixed with activation saliency, compositions with such a stage): a data-free
+        method (quant, magnitude, random) recomputes faster than an entry of full weight copies reads back
+        (7B on an H100: quant 0.2 s against a 13 GiB entry) and would fill the disk at one entry per level."""
+        if not (self.enabled and self.compressed and getattr(comp, "cacheable", False)):
+            return False
+        return self.compressed is True or bool(getattr(comp, "needs_calibration", comp.calibrated))
 
 
 def settings(cfg: Any) -> CacheSettings:
-    """The ``cache:`` node of a job config; every key is optional."""
+    """The ``cache:`` node of a job config; every key is optional. Raises ConfigError for a bad value."""
+    from lcc import ConfigError
     from lcc.models import cache_root
 
     c = cfg.get("cache") or {}
     get = c.get if hasattr(c, "get") else (lambda k, d=None: d)
     d = get("dir", None)
+    compressed = get("compressed", "auto")
+    if not (compressed == "auto" or isinstance(compressed, bool)):
+        raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors "
+                          f"only), true (every cacheable compressor), false")
     return CacheSettings(enabled=bool(get("enabled", True)),
                          dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
-                         dense=bool(get("dense", True)), compressed=bool(get("compressed", True)))
+                         dense=bool(get("dense", True)), compressed=compressed)

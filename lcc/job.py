@@ -57,6 +57,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"n_docs={cfg.n_docs!r} is invalid; valid: an integer >= 1")
     if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
         raise ConfigError(f"chunk_size={cfg.chunk_size!r} is invalid; valid: an integer >= 1")
+    from lcc.cache import settings
+    settings(cfg)  # cache.compressed
 
 
 def completed(out: Path, chash: str) -> dict | None:
@@ -216,14 +218,13 @@ def _dense_hidden(cfg: DictConfig, model, windows: torch.Tensor, device, dtype, 
 
 
 def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status: dict) -> tuple[dict, float]:
-    """Compress ``model`` in place (or load its compressed weights from the cache): (facts, compress time)."""
+    """Compress ``model`` in place (or load its compressed weights from the cache): (facts, compress time).
+    ``store`` is None unless the cache settings send this compressor's weights through the cache."""
     from lcc.cache import key_of
     from lcc.compressors.base import target_linears
 
     torch.manual_seed(cfg.seed)  # compress() sees the same RNG state whether or not the dense pass ran
-    if store is None or not getattr(comp, "cacheable", False):
-        if store is not None:
-            status["compressed"] = "uncacheable"
+    if store is None:
         log.info("compressing with %s (%s)", comp.name, comp.level())
         t = time.perf_counter()
         info = comp.compress(model, calib) or {}
@@ -285,7 +286,9 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     cs = settings(cfg)
     cache: dict[str, Any] = {"dense": "off", "compressed": "off"}
     dense_store = TensorStore(cs.dir, "dense") if cs.enabled and cs.dense else None
-    comp_store = TensorStore(cs.dir, "compressed") if cs.enabled and cs.compressed else None
+    comp_store = TensorStore(cs.dir, "compressed") if cs.cache_compressed(comp) else None
+    if cs.enabled and cs.compressed is not False and comp_store is None:  # why compression skips the cache
+        cache["compressed"] = "uncacheable" if not getattr(comp, "cacheable", False) else "recomputed"
     if dense_store or comp_store:
         cache["dir"] = str(cs.dir)
     model, tok, max_ctx = load_model(cfg.model, device, dtype)

@@ -6,6 +6,7 @@ import errno
 import json
 import multiprocessing as mp
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -260,20 +261,15 @@ def compose_cfg(tmp: Path, name: str, *overrides: str):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("sweep", overrides=["model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256",
                                            "compressor=quant", f"output_dir={tmp / name}",
-                                           f"++cache.dir={tmp / 'cache'}", *overrides])
-
-
-@pytest.fixture
-def cacheable_quant(monkeypatch):
-    from lcc.compressors.simple import Quant
-    monkeypatch.setattr(Quant, "cacheable", True, raising=False)
+                                           f"++cache.dir={tmp / 'cache'}", "++cache.compressed=true",
+                                           *overrides])
 
 
 def _same(a: dict, b: dict) -> None:
     assert a["summary"] == b["summary"] and a["compress_info"] == b["compress_info"]
 
 
-def test_job_cache_hits_give_identical_numbers(tmp_path, cacheable_quant):
+def test_job_cache_hits_give_identical_numbers(tmp_path):
     from lcc.job import run
 
     r1 = run(compose_cfg(tmp_path, "q256"))
@@ -298,7 +294,7 @@ def test_job_cache_hits_give_identical_numbers(tmp_path, cacheable_quant):
     assert saved["cache"]["compressed"] == "hit"
 
 
-def test_job_lm_head_compressor_with_dense_hit(tmp_path, cacheable_quant):
+def test_job_lm_head_compressor_with_dense_hit(tmp_path):
     from lcc.job import run
 
     run(compose_cfg(tmp_path, "a"))
@@ -333,12 +329,10 @@ def test_job_unwritable_cache_dir_fails_clearly(tmp_path):
     assert res["status"] == "failed" and "cache.dir" in res["error"]
 
 
-def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path, monkeypatch):
-    from lcc.compressors.prune import Wanda
+def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path):
     from lcc.job import run
 
-    monkeypatch.setattr(Wanda, "cacheable", True, raising=False)
-    cal = ["compressor=wanda", "calib.n_samples=2", "calib.seqlen=64"]
+    cal = ["compressor=wanda", "calib.n_samples=2", "calib.seqlen=64", "++cache.compressed=auto"]
     r1 = run(compose_cfg(tmp_path, "a", *cal))
     r2 = run(compose_cfg(tmp_path, "b", *cal, "ctx.tokens=512"))
     assert (r1["cache"]["compressed"], r2["cache"]["compressed"]) == ("miss", "hit")
@@ -346,3 +340,28 @@ def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path, monkeypat
     # other calibration data -> another entry
     r4 = run(compose_cfg(tmp_path, "d", *cal[:-1], "calib.seqlen=32"))
     assert r4["cache"]["compressed"] == "miss" and r4["cache"]["compressed_key"] != r1["cache"]["compressed_key"]
+
+
+def test_auto_policy_caches_calibrated_compressors_only(tmp_path):
+    from lcc.job import run
+
+    auto = "++cache.compressed=auto"  # the default of conf/sweep.yaml
+    r1 = run(compose_cfg(tmp_path, "q", auto))
+    assert r1["cache"]["dense"] == "miss" and r1["cache"]["compressed"] == "recomputed"
+    assert not (tmp_path / "cache" / "compressed").exists()  # nothing stored for a data-free compressor
+    r2 = run(compose_cfg(tmp_path, "k", auto, "compressor=kv"))
+    assert r2["cache"]["compressed"] == "uncacheable"
+    r3 = run(compose_cfg(tmp_path, "g", auto, "compressor=gptq", "calib.n_samples=2", "calib.seqlen=64"))
+    entries = [d for d in (tmp_path / "cache" / "compressed").iterdir() if d.is_dir()]
+    assert r3["cache"]["compressed"] == "miss" and [d.name for d in entries] == [r3["cache"]["compressed_key"]]
+    r4 = run(compose_cfg(tmp_path, "off", "++cache.compressed=false"))
+    assert r4["cache"] == {"dense": "hit", "compressed": "off", "dir": str(tmp_path / "cache"),
+                           "dense_key": r1["cache"]["dense_key"]}
+
+
+@pytest.mark.parametrize("bad", ["sometimes", "1", "0.5"])
+def test_bad_compressed_policy_is_a_config_error(tmp_path, bad):
+    from lcc.job import validate
+
+    with pytest.raises(ConfigError, match=rf"cache.compressed='?{re.escape(bad)}'? is invalid; valid: auto.*true.*false"):
+        validate(compose_cfg(tmp_path, "x", f"++cache.compressed={bad}"))

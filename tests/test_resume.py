@@ -26,7 +26,7 @@ def compose_cfg(tmp: Path, name: str, *overrides: str):
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("sweep", overrides=[*BASE, f"output_dir={tmp / name}", f"++cache.dir={tmp / 'cache'}",
-                                           *overrides])
+                                           "++cache.compressed=true", *overrides])
 
 
 def test_finished_job_is_skipped_and_failed_one_rerun(tmp_path, monkeypatch):
@@ -83,9 +83,7 @@ KILLED_JOB = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     import lcc.evaluate
-    from lcc.compressors.simple import Quant
-    from test_resume import compose_cfg
-    Quant.cacheable = True          # exercise the compressed-weights cache too
+    from test_resume import compose_cfg  # cache.compressed=true: exercise the compressed-weights cache too
     real = lcc.evaluate.compressed_pass
 
     def slow(*a, **k):
@@ -128,9 +126,7 @@ def test_killed_job_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
         assert store.read(entries[0]) is not None
         assert not [d for d in store.dir.iterdir() if ".tmp-" in d.name]
 
-    from lcc.compressors.simple import Quant
     import lcc.job
-    monkeypatch.setattr(Quant, "cacheable", True, raising=False)
     r = lcc.job.run(compose_cfg(tmp_path, "job"))
     assert r["status"] == "ok" and r["cache"]["dense"] == "hit" and r["cache"]["compressed"] == "hit"
     assert json.loads(res.read_text())["status"] == "ok"
@@ -142,8 +138,6 @@ def test_exception_mid_job_leaves_no_cache_entry(tmp_path, monkeypatch, when):
     import lcc.evaluate
     import lcc.job
     from lcc.compressors.simple import Quant
-
-    monkeypatch.setattr(Quant, "cacheable", True, raising=False)
 
     def interrupted(*a, **k):
         raise SystemExit(-1)
