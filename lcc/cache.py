@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -69,6 +70,27 @@ def file_checksum(path: str | Path) -> str:
             return xxhash.xxh3_128(b"").hexdigest()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return xxhash.xxh3_128(mm).hexdigest()
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as a flat uint8 CPU tensor, 8 entries a byte (first entry in the high bit, the last byte
+    zero-padded): how the compressed-weights cache stores which weights a pruner kept (1/16 of bf16 weights)."""
+    flat = mask.flatten().to(torch.uint8)
+    if pad := (-flat.numel()) % 8:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * w).sum(dim=1, dtype=torch.uint8).cpu()
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple, device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """The inverse of ``pack_bits``: a bool tensor of ``shape`` on ``device``."""
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
+    bits = packed.to(device).unsqueeze(1).bitwise_and(w).bool().flatten()
+    return bits[:math.prod(shape)].view(shape)
 
 
 def source_fingerprint(*modules: str, functions: tuple = ()) -> str:
@@ -299,16 +321,18 @@ class CacheSettings:
     enabled: bool
     dir: Path
     dense: bool
-    compressed: str | bool  # "auto": calibrated compressors only; True: every cacheable one; False: none
+    compressed: str | bool  # "auto", True or False: see cache_compressed()
 
     def cache_compressed(self, comp) -> bool:
-        """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps only calibrated methods
-        (gptq, sparsegpt, wanda, mixed with activation saliency, compositions with such a stage): a data-free
-        method (quant, magnitude, random) recomputes faster than an entry of full weight copies reads back
+        """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps calibrated methods (gptq,
+        sparsegpt, wanda, mixed with activation saliency, compositions with such a stage) and masking pruners
+        (magnitude, random: an entry is one bit per weight). A data-free method whose entry would be a full
+        copy of the weights (quant, mixed with max_abs saliency) recomputes faster than that copy reads back
         (7B on an H100: quant 0.2 s against a 13 GiB entry) and would fill the disk at one entry per level."""
         if not (self.enabled and self.compressed and getattr(comp, "cacheable", False)):
             return False
-        return self.compressed is True or bool(getattr(comp, "needs_calibration", comp.calibrated))
+        return (self.compressed is True or bool(getattr(comp, "needs_calibration", comp.calibrated))
+                or bool(getattr(comp, "zeroes_only", False)))
 
 
 def settings(cfg: Any) -> CacheSettings:
@@ -321,8 +345,8 @@ def settings(cfg: Any) -> CacheSettings:
     d = get("dir", None)
     compressed = get("compressed", "auto")
     if not (compressed == "auto" or isinstance(compressed, bool)):
-        raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors "
-                          f"only), true (every cacheable compressor), false")
+        raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
+                          f"masking pruners), true (every cacheable compressor), false")
     return CacheSettings(enabled=bool(get("enabled", True)),
                          dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
                          dense=bool(get("dense", True)), compressed=compressed)

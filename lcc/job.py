@@ -220,7 +220,7 @@ def _dense_hidden(cfg: DictConfig, model, windows: torch.Tensor, device, dtype, 
 def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status: dict) -> tuple[dict, float]:
     """Compress ``model`` in place (or load its compressed weights from the cache): (facts, compress time).
     ``store`` is None unless the cache settings send this compressor's weights through the cache."""
-    from lcc.cache import key_of
+    from lcc.cache import key_of, pack_bits, unpack_bits
     from lcc.compressors.base import target_linears
 
     torch.manual_seed(cfg.seed)  # compress() sees the same RNG state whether or not the dense pass ran
@@ -230,16 +230,39 @@ def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status:
         info = comp.compress(model, calib) or {}
         return info, time.perf_counter() - t
 
-    def target_params() -> dict[str, torch.nn.Parameter]:
-        """Parameters of every Linear the compressor (or any stage of a composition) may change."""
-        out = {}
-        for c in [comp, *getattr(comp, "instances", [])]:
-            for name, lin in target_linears(model, c.targets).items():
-                out.update({f"{name}.{p}": param for p, param in lin.named_parameters(recurse=False)})
-        return out
+    lins: dict[str, torch.nn.Linear] = {}  # every Linear the compressor (or any stage of a composition) may change
+    for c in [comp, *getattr(comp, "instances", [])]:
+        lins.update(target_linears(model, c.targets))
 
-    params = target_params()
+    def params() -> dict[str, torch.nn.Parameter]:
+        return {f"{n}.{p}": param for n, lin in lins.items() for p, param in lin.named_parameters(recurse=False)}
+
+    masks = bool(getattr(comp, "zeroes_only", False))
+    if masks:  # one bit per weight (kept or zeroed), applied to the freshly loaded dense weights on a hit
+        expected = {f"{n}.weight.keep": (torch.Size([(lin.weight.numel() + 7) // 8]), torch.uint8)
+                    for n, lin in lins.items()}
+
+        def encode() -> dict[str, torch.Tensor]:
+            return {f"{n}.weight.keep": pack_bits(lin.weight.detach() != 0) for n, lin in lins.items()}
+
+        def apply(tensors: dict[str, torch.Tensor]) -> None:
+            for n, lin in lins.items():
+                w = lin.weight.data
+                # w * True == w, w * False == ±0 (the sign of a zero changes no sum); 4x faster than masked_fill_
+                w.mul_(unpack_bits(tensors[f"{n}.weight.keep"], w.shape, w.device))
+    else:  # the compressed parameters themselves
+        expected = {k: (p.shape, p.dtype) for k, p in params().items()}
+
+        def encode() -> dict[str, torch.Tensor]:
+            return {k: p.detach() for k, p in params().items()}
+
+        def apply(tensors: dict[str, torch.Tensor]) -> None:
+            ps = params()
+            for k, v in tensors.items():
+                ps[k].data.copy_(v.to(ps[k].device))
+
     inputs = compressed_cache_inputs(cfg, comp, model, calib, device, dtype)
+    inputs["encoding"] = "keep_bits" if masks else "weights"
     key = key_of(inputs)
 
     def compute():
@@ -248,12 +271,12 @@ def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status:
         info = comp.compress(model, calib) or {}
         s = time.perf_counter() - t
         info = json.loads(json.dumps(info, default=str))  # as a cache hit would return it
-        return {k: p.detach() for k, p in target_params().items()}, {"compress_info": info, "compress_s": s}
+        return encode(), {"compress_info": info, "compress_s": s}
 
     def check(tensors: dict, meta: dict) -> str | None:
-        if set(tensors) != set(params):
-            return "stored parameter names differ from the compressor's target layers"
-        bad = [k for k, v in tensors.items() if v.shape != params[k].shape or v.dtype != params[k].dtype]
+        if set(tensors) != set(expected):
+            return "stored tensor names differ from the compressor's target layers"
+        bad = [k for k, v in tensors.items() if (v.shape, v.dtype) != expected[k]]
         return f"shape/dtype differ for {bad[:3]}" if bad else None
 
     t = time.perf_counter()
@@ -261,8 +284,7 @@ def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status:
     facts = meta["facts"]
     if hit:
         with torch.no_grad():
-            for k, v in tensors.items():
-                params[k].data.copy_(v.to(params[k].device))
+            apply(tensors)
         log.info("compressed weights of %s (%s) from the cache (%s), compression skipped",
                  comp.name, comp.level(), store.path(key))
     status.update(compressed="hit" if hit else "miss", compressed_key=key,

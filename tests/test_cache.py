@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lcc import ConfigError
-from lcc.cache import TensorStore, file_checksum, key_of
+from lcc.cache import TensorStore, file_checksum, key_of, pack_bits, unpack_bits
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -95,6 +95,14 @@ def test_file_checksum_is_xxh3_of_the_bytes(tmp_path):
         (f := tmp_path / f"f{n}").write_bytes(data)
         assert file_checksum(f) == xxhash.xxh3_128(data).hexdigest()
     assert file_checksum(tmp_path / "f1") != file_checksum(tmp_path / "f0")
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 5), (64, 16), (7, 9, 11)])
+def test_pack_bits_matches_numpy_packbits_and_round_trips(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape))) > 0.4
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and np.array_equal(packed.numpy(), np.packbits(mask.numpy().ravel()))
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
 
 
 def test_writability_probe_is_safe_across_threads(tmp_path):
@@ -365,3 +373,29 @@ def test_bad_compressed_policy_is_a_config_error(tmp_path, bad):
 
     with pytest.raises(ConfigError, match=rf"cache.compressed='?{re.escape(bad)}'? is invalid; valid: auto.*true.*false"):
         validate(compose_cfg(tmp_path, "x", f"++cache.compressed={bad}"))
+
+
+@pytest.mark.parametrize("comp", [["compressor=magnitude"], ["compressor=random", "compressor.sparsity=0.3"],
+                                  ["compressor=compose", "compressor.stages=[{name: magnitude, sparsity: 0.2},"
+                                                         "{name: random, sparsity: 0.1}]"]])
+def test_masking_pruners_store_one_bit_per_weight(tmp_path, comp):
+    from lcc.compressors.base import Targets, target_linears
+    from lcc.job import run
+    from lcc.models import load_model
+
+    r1 = run(compose_cfg(tmp_path, "a", "++cache.compressed=auto", *comp))
+    r2 = run(compose_cfg(tmp_path, "b", "++cache.compressed=auto", *comp, "ctx.tokens=512"))
+    assert (r1["cache"]["compressed"], r2["cache"]["compressed"]) == ("miss", "hit")
+    _same(r2, run(compose_cfg(tmp_path, "c", *comp, "ctx.tokens=512", "++cache.enabled=false")))
+    cfg = compose_cfg(tmp_path, "x")
+    model, _, _ = load_model(cfg.model, torch.device("cpu"), torch.float32)
+    lins = target_linears(model, Targets())
+    found = TensorStore(tmp_path / "cache", "compressed").read(r1["cache"]["compressed_key"])
+    assert found is not None and found[1]["inputs"]["encoding"] == "keep_bits"
+    tensors = found[0]
+    assert set(tensors) == {f"{n}.weight.keep" for n in lins}
+    assert all(t.dtype == torch.uint8 and t.numel() == (lins[k[:-len(".weight.keep")]].weight.numel() + 7) // 8
+               for k, t in tensors.items())
+    kept = sum(int(unpack_bits(t, (t.numel() * 8,)).sum()) for t in tensors.values())
+    total = sum(lin.weight.numel() for lin in lins.values())
+    assert kept / total == pytest.approx(1 - r1["compress_info"]["sparsity_achieved"], abs=1e-6)

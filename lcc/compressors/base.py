@@ -44,6 +44,10 @@ class Compressor:
     #: True if ``compress`` only changes parameters of ``target_linears(model, self.targets)`` (no hooks, no
     #: model attributes): lcc.job then stores the compressed weights once and reuses them (docs/caching.md).
     cacheable: ClassVar[bool] = False
+    #: True if ``compress`` only sets weights of those Linears to zero and leaves every other value as it was
+    #: (magnitude, wanda, random; not sparsegpt, which also updates the weights it keeps): the compressed-weights
+    #: cache then stores one bit per weight (which ones survive) instead of a copy of the weights.
+    zeroes_only: ClassVar[bool] = False
 
     def __init__(self, targets: dict | None = None, **kwargs: Any):
         self.validate(kwargs)

@@ -47,6 +47,11 @@ class Compose(Compressor):
         """Weight-only if every stage is (then lcc.job caches the union of the stages' target weights)."""
         return all(getattr(s, "cacheable", False) for s in self.instances)
 
+    @property
+    def zeroes_only(self) -> bool:  # type: ignore[override]
+        """Only zeroes weights if every stage does (a chain of masking pruners): the cache stores bit masks."""
+        return all(getattr(s, "zeroes_only", False) for s in self.instances)
+
     @classmethod
     def check(cls, kw):
         if "stages" not in kw:

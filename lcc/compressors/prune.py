@@ -105,6 +105,7 @@ class Magnitude(NMPruner):
 
     name = "magnitude"
     cacheable = True
+    zeroes_only = True
 
     @torch.no_grad()
     def compress(self, model, calib=None):
@@ -130,6 +131,7 @@ class RandomPrune(Compressor):
 
     name = "random"
     cacheable = True
+    zeroes_only = True
     params = {"sparsity": 0.5, "seed": 0}
 
     @classmethod
@@ -184,6 +186,7 @@ class Wanda(NMPruner):
 
     name = "wanda"
     cacheable = True
+    zeroes_only = True
     params = {**NMPruner.params, "propagate": True}
     calibrated = True
 
