@@ -234,9 +234,6 @@ def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status:
     for c in [comp, *getattr(comp, "instances", [])]:
         lins.update(target_linears(model, c.targets))
 
-    def params() -> dict[str, torch.nn.Parameter]:
-        return {f"{n}.{p}": param for n, lin in lins.items() for p, param in lin.named_parameters(recurse=False)}
-
     masks = bool(getattr(comp, "zeroes_only", False))
     if masks:  # one bit per weight (kept or zeroed), applied to the freshly loaded dense weights on a hit
         expected = {f"{n}.weight.keep": (torch.Size([(lin.weight.numel() + 7) // 8]), torch.uint8)
@@ -251,6 +248,10 @@ def _compress(cfg: DictConfig, comp, model, calib, device, dtype, store, status:
                 # w * True == w, w * False == ±0 (the sign of a zero changes no sum); 4x faster than masked_fill_
                 w.mul_(unpack_bits(tensors[f"{n}.weight.keep"], w.shape, w.device))
     else:  # the compressed parameters themselves
+        def params() -> dict[str, torch.nn.Parameter]:
+            return {f"{n}.{p}": param for n, lin in lins.items()
+                    for p, param in lin.named_parameters(recurse=False)}
+
         expected = {k: (p.shape, p.dtype) for k, p in params().items()}
 
         def encode() -> dict[str, torch.Tensor]:

@@ -63,18 +63,15 @@ class NormStats(Method):
 
     def __init__(self):
         self.sq: dict[str, torch.Tensor] = {}
-        self.count: dict[str, int] = {}
 
     def add_batch(self, name, linear, inp):
         x = inp.reshape(-1, inp.shape[-1]).float()
         acc = self.sq.get(name)
         s = (x * x).sum(0)
         self.sq[name] = s if acc is None else acc + s
-        self.count[name] = self.count.get(name, 0) + x.shape[0]
 
     def pop_norms(self, name: str) -> torch.Tensor:
         """‖X_j‖₂ over every calibration token of input channel j (fp32, length in_features)."""
-        self.count.pop(name, None)
         return self.sq.pop(name).sqrt()
 
 
