@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
 #: set by the lcc sweeper in a multirun, read at exit to print the ok/failed count
 LAST_SWEEP_DIR: Path | None = None

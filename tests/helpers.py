@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = str(ROOT / "conf")
+CONF_DIR = str(ROOT / "lcc" / "conf")
 
 
 def make_cfg(overrides: list[str], output_dir: str | Path | None = None):

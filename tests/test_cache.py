@@ -18,7 +18,7 @@ import torch
 from lcc import ConfigError
 from lcc.cache import TensorStore, file_checksum, key_of, pack_bits, unpack_bits
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent.parent / "lcc" / "conf")
 
 
 # ---- TensorStore ---------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path):
 def test_auto_policy_caches_calibrated_compressors_only(tmp_path):
     from lcc.job import run
 
-    auto = "++cache.compressed=auto"  # the default of conf/sweep.yaml
+    auto = "++cache.compressed=auto"  # the default of lcc/conf/sweep.yaml
     r1 = run(compose_cfg(tmp_path, "q", auto))
     assert r1["cache"]["dense"] == "miss" and r1["cache"]["compressed"] == "recomputed"
     assert not (tmp_path / "cache" / "compressed").exists()  # nothing stored for a data-free compressor

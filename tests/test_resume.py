@@ -16,7 +16,7 @@ import pytest
 from lcc.cache import TensorStore
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = str(ROOT / "conf")
+CONF = str(ROOT / "lcc" / "conf")
 BASE = ["model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256", "compressor=quant"]
 
 

@@ -1,5 +1,5 @@
 """End-to-end check of the local SLURM cluster: submitit submits a python function, SLURM runs it;
-a Hydra app launches through conf/hydra/launcher/submitit_slurm.yaml.
+a Hydra app launches through lcc/conf/hydra/launcher/submitit_slurm.yaml.
 
 Run: ``python -m pytest tests/test_slurm_cluster.py -x -q`` (as root; starts the cluster if needed).
 The launcher-config schema check at the bottom needs no cluster and is not marked slurm/slow.
@@ -79,12 +79,12 @@ if __name__ == "__main__":
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_hydra_submitit_slurm_launcher(slurm_cluster, tmp_path):
-    """A Hydra multirun through the repo's conf/hydra/launcher/submitit_slurm.yaml runs each job in SLURM."""
+    """A Hydra multirun through the repo's lcc/conf/hydra/launcher/submitit_slurm.yaml runs each job in SLURM."""
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text(textwrap.dedent(f"""\
         x: 0
         hydra:
-          searchpath: ["file://{REPO / 'conf'}"]
+          searchpath: ["file://{REPO / 'lcc' / 'conf'}"]
           sweep: {{dir: "{tmp_path / 'multirun'}"}}
         """))
     (tmp_path / "app.py").write_text(HYDRA_APP)
@@ -104,12 +104,12 @@ def test_hydra_submitit_slurm_launcher(slurm_cluster, tmp_path):
 
 @pytest.mark.parametrize("kind", ["slurm", "local"])
 def test_launcher_configs_match_plugin_schema(kind):
-    """conf/hydra/launcher/submitit_<kind>.yaml only uses the plugin's field names, with valid types."""
+    """lcc/conf/hydra/launcher/submitit_<kind>.yaml only uses the plugin's field names, with valid types."""
     from hydra_plugins.hydra_submitit_launcher import config as plugin
     from omegaconf import OmegaConf
 
     schema = OmegaConf.structured(plugin.SlurmQueueConf if kind == "slurm" else plugin.LocalQueueConf)
-    yaml = OmegaConf.load(REPO / "conf" / "hydra" / "launcher" / f"submitit_{kind}.yaml")
+    yaml = OmegaConf.load(REPO / "lcc" / "conf" / "hydra" / "launcher" / f"submitit_{kind}.yaml")
     assert "defaults" not in yaml  # same name as the schema node: a defaults entry to it would recurse
     merged = OmegaConf.merge(schema, yaml)  # raises on an unknown key or a wrong type
     assert merged._target_ == schema._target_
