@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import lcc
-from lcc import ConfigError, compressors
+from lcc import ConfigError, compressors, tasks
 from lcc.io import read_json, write_json, write_parquet, write_safetensors
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ def job_config(cfg: DictConfig) -> dict:
 
 def config_hash(cfg: dict) -> str:
     keep = {k: v for k, v in cfg.items() if k not in VOLATILE_KEYS}
+    if keep.get("task") == {"name": "kl"}:  # the default task: results from before the task group stay valid
+        del keep["task"]
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -49,6 +51,7 @@ def check_context(cfg: DictConfig, max_ctx: int | None) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that need no model: raise ConfigError naming the bad value and the valid choices."""
     compressors.validate(cfg.compressor)
+    tasks.validate(cfg)
     ctx = cfg.ctx.tokens
     if not isinstance(ctx, int) or ctx < 2:
         raise ConfigError(f"ctx.tokens={ctx!r} is invalid; valid: an integer >= 2 (or ctx=1k,2k,...,128k)")
@@ -104,7 +107,8 @@ def run(cfg: DictConfig) -> dict:
     _set_aside_stale(out)
     result: dict[str, Any] = {"status": "running", "config": conf, "config_hash": chash, "versions": versions()}
     try:
-        result.update(_evaluate(cfg, out))
+        # task=kl: per-position KL on text (below); any other task: its own runner (lcc/tasks/)
+        result.update(_evaluate(cfg, out) if tasks.kind(cfg) == "kl" else tasks.run(cfg, out))
         result["status"] = "ok"
     except Exception as e:
         result.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
@@ -114,10 +118,17 @@ def run(cfg: DictConfig) -> dict:
     write_json(out / "result.json", result)
     from lcc.logger import log_result
     log_result(cfg, result, out)
-    s = {k: float("nan") if v is None else v for k, v in result["summary"].items()}  # None: undefined (1 doc)
-    log.info("done: %s %s ctx=%d  KL %.4g ± %.2g  slope %.3g  top1 %.3f  -> %s", result["compressor"],
-             result["level"], cfg.ctx.tokens, s["kl_mean"], s["kl_se"], s["kl_slope"], s["top1_agree"], out)
+    log.info("done: %s -> %s", _done_line(result, cfg), out)
     return result
+
+
+def _done_line(result: dict, cfg: DictConfig) -> str:
+    if result.get("task", "kl") != "kl":
+        from lcc.tasks.report import done_line
+        return done_line(result)
+    s = {k: float("nan") if v is None else v for k, v in result["summary"].items()}  # None: undefined (1 doc)
+    return (f"{result['compressor']} {result['level']} ctx={cfg.ctx.tokens}  KL {s['kl_mean']:.4g} ± "
+            f"{s['kl_se']:.2g}  slope {s['kl_slope']:.3g}  top1 {s['top1_agree']:.3f}")
 
 
 def _cache_versions() -> dict:

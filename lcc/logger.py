@@ -46,12 +46,18 @@ def log_result(cfg: DictConfig, result: dict, out: Path) -> None:
                          config=flatten(result["config"]), tags=list(lg.tags or []),
                          settings=wandb.Settings(console="off", x_disable_stats=True))
         run.summary.update({**result["summary"], **{f"time/{k}": v for k, v in result["timings"].items()},
-                            "level": result["level"], "compressor": result["compressor"], "ctx": result["ctx"]})
-        cols = list(result["curve"][0].keys())
-        table = wandb.Table(columns=cols, data=[[row[c] for c in cols] for row in result["curve"]])
-        run.log({"kl_curve": table,
-                 "kl_vs_position": wandb.plot.line(table, "log2_pos", "kl_mean",
-                                                   title=f"KL vs log2(position): {name}")})
+                            "level": result["level"], "compressor": result["compressor"], "ctx": result["ctx"],
+                            "task": result.get("task", "kl")})
+        if result.get("curve"):  # task=kl: the binned KL curve
+            cols = list(result["curve"][0].keys())
+            table = wandb.Table(columns=cols, data=[[row[c] for c in cols] for row in result["curve"]])
+            run.log({"kl_curve": table,
+                     "kl_vs_position": wandb.plot.line(table, "log2_pos", "kl_mean",
+                                                       title=f"KL vs log2(position): {name}")})
+        for key, rows in (("by_depth", result.get("by_depth")), ("lm_eval", result.get("lm_eval"))):
+            if rows:  # other tasks: per-depth accuracy / lm-eval scores (lcc.tasks.base metric tables)
+                cols = list(rows[0].keys())
+                run.log({f"task/{key}": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
         run.finish()
     except Exception as e:  # noqa: BLE001 - logging must never lose a finished job
         log.warning("W&B logging failed (%s: %s); local results in %s are complete", type(e).__name__, e, out)

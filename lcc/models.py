@@ -114,6 +114,9 @@ class ByteTokenizer:
     def __call__(self, text: str, **_: Any) -> dict:
         return {"input_ids": list(text.encode("utf-8"))}
 
+    def decode(self, ids: list[int], **_: Any) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
 
 def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
     """Return (model, tokenizer, max_context) for the ``model`` config group."""

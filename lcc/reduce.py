@@ -45,7 +45,8 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         row.update(model=res.get("model", cfg.get("model", {}).get("name")),
                    data=res.get("data", cfg.get("data", {}).get("name")),
                    compressor=res.get("compressor", cfg.get("compressor", {}).get("name")),
-                   level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")))
+                   level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")),
+                   task=res.get("task", "kl"))
         row.update({k: res.get("summary", {}).get(k) for k in SUMMARY_COLS})
         row.update({f"time_{k}": v for k, v in res.get("timings", {}).items()})
     if not rows:
@@ -65,9 +66,14 @@ def pm(m: float, se: float, digits: int = 3) -> str:
     return f"{m:.{digits}g} ± {se:.2g}"
 
 
+def _is_kl(df: pd.DataFrame) -> pd.Series:
+    """Jobs of the default task (per-position KL); other tasks are reported by lcc.tasks.report."""
+    return df.task.fillna("kl") == "kl" if "task" in df else pd.Series(True, index=df.index)
+
+
 def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Pivot tables of finished jobs: rows (model, data, compressor, level), columns ctx."""
-    ok = df[df.status == "ok"].copy()
+    ok = df[(df.status == "ok") & _is_kl(df)].copy()
     if ok.empty:
         return {}
     ok["ctx"] = ok["ctx"].astype(int)
@@ -92,7 +98,7 @@ def plot_jobs(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & _is_kl(df)]
     plots = sweep_dir / "plots"
     plots.mkdir(exist_ok=True)
     written = []
@@ -149,13 +155,15 @@ def reduce(sweep_dir: str | Path, plots: bool = True) -> tuple[pd.DataFrame, str
     lines = [f"# Sensitivity: {sweep_dir}", "", status_line(df), ""]
     for name, t in sensitivity_tables(df).items():
         lines += [f"## {name}", "", t.reset_index().to_markdown(index=False), ""]
+    from lcc.tasks.report import report as task_report
+    lines += task_report(sweep_dir, df, plots)
     bad = df[df.status != "ok"]
     if len(bad):
         lines += ["## Jobs without a result", ""]
         cols = [c for c in ("job", "status", "overrides", "error") if c in bad]
         lines += [bad[cols].fillna("").to_markdown(index=False), ""]
     text = "\n".join(lines)
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & _is_kl(df)]
     cols = [c for c in ["job", "model", "data", "compressor", "level", "ctx"] + SUMMARY_COLS if c in df]
     atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok[cols].to_csv(tmp, index=False))
     atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))

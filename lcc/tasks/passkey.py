@@ -1,0 +1,34 @@
+"""``task=passkey``: a random number hidden in filler text (Landmark Attention's pass-key retrieval test)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from lcc.tasks.base import check_choice, check_int, register
+from lcc.tasks.synthetic import PromptBuilder, Sample, SyntheticTask, random_number
+
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+               "I will quiz you about the important information there.\n\n")
+
+
+@register
+@dataclass
+class Passkey(SyntheticTask):
+    name: ClassVar[str] = "passkey"
+    digits: int = 5
+    haystack: str = "noise"      # noise: the repeated filler sentences; data: text of the `data` source
+    max_new_tokens: int = 8
+
+    def check(self) -> None:
+        super().check()
+        check_int(self, "digits", 1, 30)
+        check_choice(self, "haystack", ["noise", "data"])
+
+    def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
+        key = random_number(rng, self.digits)
+        needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
+        ids, starts = b.build(INSTRUCTION, "\n\nWhat is the pass key?", "The pass key is", [(depth, needle)],
+                              self.haystack, rng)
+        return self.sample(b, depth, index, ids, starts[0], f" {key}", [key])

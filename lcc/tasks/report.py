@@ -1,0 +1,157 @@
+"""Task results in ``lcc.reduce``: tables and the needle-in-a-haystack heatmaps, from result.json files only.
+
+``report(sweep_dir, jobs)`` is called by ``lcc.reduce.reduce`` with its job table; it returns the markdown
+sections and writes ``tasks.csv`` (one row per finished task job), ``tasks_by_depth.csv`` and
+``plots/<task>_depth_ctx.png`` (accuracy per depth x ctx: one panel for the dense model and one per compressor
+and level). The metrics and their labels come from ``lcc.tasks.base.TASK_METRICS`` / ``LM_EVAL_METRICS``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from lcc.io import atomic_write, read_json
+from lcc.tasks.base import LM_EVAL_METRICS, TASK_METRICS, metrics_shown
+
+ROW = ["model", "data", "task", "compressor", "level"]
+
+
+def _fmt(m, se=None, digits: int = 3) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    if se is None or (isinstance(se, float) and math.isnan(se)):
+        return f"{m:.{digits}g}"
+    return f"{m:.{digits}g} ± {se:.2g}"
+
+
+def _ctx_label(tokens: int) -> str:
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+
+
+def done_line(result: dict) -> str:
+    """The job's last log line."""
+    s = result["summary"]
+    shown = metrics_shown("log", LM_EVAL_METRICS if result.get("lm_eval") else TASK_METRICS)
+    parts = [f"{m.key} {_fmt(s.get(m.key), s.get(m.key + '_se'))}" for m in shown]
+    return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  " + "  ".join(parts)
+
+
+def load(sweep_dir: Path, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(one row per synthetic-task job, one row per job and depth, one row per lm-eval job and metric)."""
+    per_job, per_depth, lm = [], [], []
+    ok = jobs[(jobs.status == "ok") & (jobs.get("task", "kl") != "kl")] if "task" in jobs else jobs.iloc[:0]
+    for _, r in ok.iterrows():
+        res = read_json(sweep_dir / r.job / "result.json")
+        base = {"job": r.job, "model": res.get("model"), "data": res.get("data"), "task": res.get("task"),
+                "compressor": res.get("compressor"), "level": res.get("level"), "ctx": int(res.get("ctx"))}
+        if res.get("lm_eval"):
+            lm += [{**base, **row} for row in res["lm_eval"]]
+            continue
+        per_job.append({**base, **res["summary"]})
+        per_depth += [{**base, **d} for d in res.get("by_depth", [])]
+    return pd.DataFrame(per_job), pd.DataFrame(per_depth), pd.DataFrame(lm)
+
+
+def tables(per_job: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per table metric: rows model x data x task x compressor x level, columns ctx."""
+    out = {}
+    if per_job.empty:
+        return out
+    df = per_job.sort_values("ctx")
+    for m in metrics_shown("table"):
+        df = df.assign(cell=[_fmt(a, b) for a, b in zip(df[m.key], df[m.key + "_se"])])
+        t = df.pivot_table(index=ROW, columns="ctx", values="cell", aggfunc="first")
+        t.columns = [_ctx_label(c) for c in t.columns]
+        out[m.label] = t.fillna("–")
+    # accuracy: dense beside compressed for every ctx
+    cells = []
+    for _, r in df.iterrows():
+        cells.append({**{k: r[k] for k in ROW}, "ctx": r.ctx,
+                      "dense": _fmt(r.acc_dense, None, 2), "compressed": _fmt(r.acc_compressed, None, 2)})
+    c = pd.DataFrame(cells).pivot_table(index=ROW, columns="ctx", values=["dense", "compressed"], aggfunc="first")
+    c = c.reorder_levels([1, 0], axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+    c.columns = [f"{_ctx_label(ctx)} {which}" for ctx, which in c.columns]
+    out = {"accuracy, dense beside compressed (n prompts per cell: see tasks.csv)": c.fillna("–"), **out}
+    return out
+
+
+def lm_eval_table(lm: pd.DataFrame) -> pd.DataFrame:
+    cols = ["model", "task", "compressor", "level", "ctx", "lm_task", "metric"]
+    t = lm.copy()
+    t["dense"] = [_fmt(a, b) for a, b in zip(t.dense, t.dense_se)]
+    t["compressed"] = [_fmt(a, b) for a, b in zip(t.compressed, t.compressed_se)]
+    t["delta"] = [_fmt(a) for a in t.delta]
+    return t[cols + ["dense", "compressed", "delta", "matching"]].sort_values(cols)
+
+
+def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> list[Path]:
+    """One figure per (model, data, task): accuracy per depth (rows) x ctx (columns); a panel for the dense
+    model, then one per compressor and level."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if per_depth.empty:
+        return written
+    (sweep_dir / "plots").mkdir(exist_ok=True)
+    for (model, data, task), g in per_depth.groupby(["model", "data", "task"]):
+        ctxs = sorted(g.ctx.unique())
+        depths = sorted(g.depth.unique())
+        panels = [("dense", g, f"{metric}_dense")]
+        for (comp, level), gc in g.groupby(["compressor", "level"]):
+            if comp != "none":
+                panels.append((f"{comp} {level}", gc, f"{metric}_compressed"))
+        ncol = min(4, len(panels))
+        nrow = math.ceil(len(panels) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * len(ctxs) * ncol + 1.5, 0.45 * len(depths) * nrow + 1.3),
+                                 squeeze=False)
+        im = None
+        for ax, (title, gp, col) in zip(axes.flat, panels):
+            grid = (gp.groupby(["depth", "ctx"])[col].mean().unstack("ctx")
+                    .reindex(index=depths, columns=ctxs))
+            n = gp.groupby(["depth", "ctx"])["n_prompts"].first().unstack("ctx").reindex(index=depths, columns=ctxs)
+            im = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            for i in range(len(depths)):
+                for j in range(len(ctxs)):
+                    v = grid.iat[i, j]
+                    if not pd.isna(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(ctxs)), [_ctx_label(int(c)) for c in ctxs], fontsize=8)
+            ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=8)
+            nn = sorted({int(x) for x in n.to_numpy().ravel() if not pd.isna(x)})
+            ax.set_title(f"{title}\n(n={'/'.join(map(str, nn))} per cell)", fontsize=8)
+            ax.set_xlabel("context", fontsize=8)
+            ax.set_ylabel("needle depth", fontsize=8)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle(f"{task}: greedy accuracy by needle depth and context ({model}, {data})", fontsize=10)
+        fig.tight_layout()
+        if im is not None:
+            fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
+        path = sweep_dir / "plots" / f"{task}_depth_ctx.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True) -> list[str]:
+    """Markdown lines for the task jobs of a sweep; writes tasks.csv, tasks_by_depth.csv and the heatmaps."""
+    per_job, per_depth, lm = load(sweep_dir, jobs)
+    lines: list[str] = []
+    if not per_job.empty:
+        atomic_write(sweep_dir / "tasks.csv", lambda tmp: per_job.to_csv(tmp, index=False))
+        atomic_write(sweep_dir / "tasks_by_depth.csv", lambda tmp: per_depth.to_csv(tmp, index=False))
+        for name, t in tables(per_job).items():
+            lines += [f"## Tasks: {name}", "", t.reset_index().to_markdown(index=False), ""]
+        if plots:
+            for p in heatmaps(sweep_dir, per_depth):
+                lines += [f"Heatmap: {p.relative_to(sweep_dir)}", ""]
+    if not lm.empty:
+        atomic_write(sweep_dir / "lm_eval.csv", lambda tmp: lm.to_csv(tmp, index=False))
+        lines += ["## lm-eval tasks: dense and compressed (LLM-KICK 'matching': within 5 % of dense)", "",
+                  lm_eval_table(lm).to_markdown(index=False), ""]
+    return lines

@@ -1,0 +1,95 @@
+"""Scoring one model on synthetic prompts: greedy decoding with a KV cache, teacher-forced answer.
+
+Per prompt, one prefill of the prompt fills the model's KV cache. The reference answer's tokens are then fed
+in one teacher-forced step on that cache: their final hidden states give the answer NLL, and (against the
+dense model's, kept from the dense pass) the KL at the answer positions. Greedy decoding reuses the same
+forward: while the argmax at an answer position equals the reference token, greedy decoding would have
+produced exactly that token (what speculative decoding verifies in one batch). Where they first differ, the
+cache is cropped back and decoding continues token by token (KV cache) until ``max_new_tokens`` tokens,
+an end-of-sequence token, or an output that already contains every expected string. A greedy output that
+reproduces the whole reference answer is correct and is not extended.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lcc.evaluate import input_device, sync
+from lcc.tasks.synthetic import Sample
+
+
+@dataclass
+class Scored:
+    hidden: torch.Tensor      # [n_answer, H] final hidden states at the answer positions (CPU)
+    generated: list[int]      # greedy output token ids
+    seconds: float
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name under which this transformers version takes a KV cache (``cache`` in 5.x)."""
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def crop(cache, length: int) -> None:
+    """Drop cached positions >= ``length`` (a negative argument is 'remove that many' in every version)."""
+    n = cache.get_seq_length() - length
+    if n > 0:
+        cache.crop(-n)
+
+
+def eos_ids(model: nn.Module, tok) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tok):
+        e = getattr(src, "eos_token_id", None)
+        if e is not None:
+            ids.update(e if isinstance(e, (list, tuple)) else [e])
+    return {int(i) for i in ids}
+
+
+def matches(text: str, expected: list[str]) -> bool:
+    """RULER's string match: every expected string occurs in the output (case-insensitive)."""
+    low = text.lower()
+    return all(e.lower() in low for e in expected)
+
+
+@torch.inference_mode()
+def score_sample(model: nn.Module, head: Callable, s: Sample, max_new: int, eos: set[int],
+                 decode: Callable[[list[int]], str]) -> Scored:
+    base, kw, dev = model.base_model, cache_kwarg(model), input_device(model)
+    sync(dev)
+    t0 = time.perf_counter()
+    prompt = s.prompt.view(1, -1).to(dev)
+    answer = s.answer.to(dev)
+    out = base(input_ids=prompt, use_cache=True)
+    cache = out[kw] if kw in out else out.past_key_values
+    hs = [out.last_hidden_state[0, -1:]]
+    del out
+    if len(answer) > 1:
+        hs.append(base(input_ids=answer[:-1].view(1, -1), use_cache=True, **{kw: cache}).last_hidden_state[0])
+    hidden = torch.cat(hs)
+    pred = head(hidden).argmax(-1)
+    same = (pred == answer).tolist()
+    j = same.index(False) if False in same else len(same)
+    gen = answer[:j].tolist()
+    if j < len(answer) and j < max_new:
+        gen.append(int(pred[j]))
+        crop(cache, s.prompt.numel() + j)  # the cache now ends where the greedy output diverged
+        while len(gen) < max_new and gen[-1] not in eos and not matches(decode(gen), s.expected):
+            o = base(input_ids=torch.tensor([[gen[-1]]], device=dev), use_cache=True, **{kw: cache})
+            gen.append(int(head(o.last_hidden_state[0, -1:]).argmax(-1)))
+    gen = gen[:max_new]
+    sync(dev)
+    return Scored(hidden=hidden.float().cpu(), generated=gen, seconds=time.perf_counter() - t0)
+
+
+def score_all(model: nn.Module, head: Callable, samples: list[Sample], max_new: int, eos: set[int],
+              decode: Callable[[list[int]], str], desc: str) -> list[Scored]:
+    return [score_sample(model, head, s, max_new, eos, decode)
+            for s in tqdm(samples, desc=desc, unit="prompt", leave=False)]

@@ -1,0 +1,66 @@
+"""``task=vt``: variable tracking (RULER). Chains of assignments "VAR ABCDE = 12345." then
+"VAR FGHIJ = VAR ABCDE." ... hidden in filler; the question asks for every variable that holds the first
+chain's value. The chain's first statement sits at the job's depth, its ``n_hops`` later statements evenly
+between there and the end of the haystack (in order); other chains (distractors) at seeded random depths."""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from lcc.tasks.base import check_choice, check_int, register
+from lcc.tasks.synthetic import PromptBuilder, Sample, SyntheticTask, random_number
+
+
+def _var(rng: np.random.Generator, used: set[str]) -> str:
+    while True:
+        v = "".join(string.ascii_uppercase[int(i)] for i in rng.integers(0, 26, 5))
+        if v not in used:
+            used.add(v)
+            return v
+
+
+@register
+@dataclass
+class VT(SyntheticTask):
+    name: ClassVar[str] = "vt"
+    n_chains: int = 1
+    n_hops: int = 4
+    digits: int = 5
+    haystack: str = "noise"
+    max_new_tokens: int = 30
+
+    def check(self) -> None:
+        super().check()
+        check_int(self, "n_chains", 1, 20)
+        check_int(self, "n_hops", 1, 50)
+        check_int(self, "digits", 1, 30)
+        check_choice(self, "haystack", ["noise", "data"])
+
+    def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
+        used: set[str] = set()
+        vals: set[str] = set()
+        needles, chains = [], []
+        for c in range(self.n_chains):
+            value = random_number(rng, self.digits)
+            while value in vals:
+                value = random_number(rng, self.digits)
+            vals.add(value)
+            names = [_var(rng, used) for _ in range(self.n_hops + 1)]
+            if c == 0:
+                ds = [depth + (1 - depth) * k / (self.n_hops + 1) for k in range(self.n_hops + 1)]
+            else:
+                ds = sorted(float(x) for x in rng.uniform(size=self.n_hops + 1))
+            stmts = [f" VAR {names[0]} = {value}. "] + [f" VAR {names[k]} = VAR {names[k - 1]}. "
+                                                       for k in range(1, len(names))]
+            needles += list(zip(ds, stmts))
+            chains.append((value, names))
+        value, names = chains[0]
+        inst = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+        q = f"\n\nQuestion: Find all variables that are assigned the value {value} in the text above."
+        prefix = (f" Answer: According to the chain(s) of variable assignment in the text above, {len(names)} "
+                  f"variables are assigned the value {value}, they are:")
+        ids, starts = b.build(inst, q, prefix, needles, self.haystack, rng)
+        return self.sample(b, depth, index, ids, starts[0], " " + " ".join(names), names)
