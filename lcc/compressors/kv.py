@@ -172,7 +172,24 @@ def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
     return out
 
 
+def _cache_start(module, kwargs) -> int:
+    """How many positions of this attention layer the KV cache passed to this call already holds (0: none)."""
+    cache = next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if kwargs.get(k) is not None),
+                 None)
+    if cache is None:
+        return 0
+    try:
+        return int(cache.get_seq_length(getattr(module, "layer_idx", 0) or 0))
+    except (TypeError, AttributeError):
+        return int(cache.get_seq_length())
+
+
 def _k_proj_hook(attn):
+    """Pre-RoPE key quantization on the k_proj output. Without a cache (or at a cache's first prefill) the
+    call's keys are all the keys. With a KV cache, a later call holds only the new positions: their
+    channel-wise groups also contain earlier positions, so the hook keeps the full-precision pre-RoPE keys it
+    has seen (cropped to the cache's length, so a cache cropped back stays consistent) and quantizes the new
+    keys with the statistics of their whole group so far. Keys already in the cache keep their values."""
     def hook(mod, args, out):
         spec = getattr(attn, "_lcc_kv", None)
         if spec is None:
@@ -180,8 +197,25 @@ def _k_proj_hook(attn):
         d = getattr(attn, "head_dim", None) or out.shape[-1] // attn.config.num_key_value_heads
         b, t, _ = out.shape
         k = out.view(b, t, -1, d).transpose(1, 2)
-        return spec.quant_keys(k).transpose(1, 2).reshape(b, t, -1)
+        start = getattr(attn, "_lcc_kv_start", 0)
+        if spec.key_mode != "channel":  # per-token groups: no other position is involved
+            return spec.quant_keys(k).transpose(1, 2).reshape(b, t, -1)
+        prev = getattr(attn, "_lcc_kv_seen", None)
+        if start > 0 and prev is not None and prev.shape[-2] >= start and prev.shape[:2] == k.shape[:2]:
+            full = torch.cat([prev[..., :start, :], k], dim=-2)
+        else:
+            full = k  # no cache, or a cache this hook has not seen from its start: the call's keys alone
+        attn._lcc_kv_seen = full if getattr(attn, "_lcc_kv_use_cache", False) else None  # for the next call
+        q = spec.quant_keys(full)[..., -t:, :]
+        return q.transpose(1, 2).reshape(b, t, -1)
     return hook
+
+
+def _attn_cache_flag_hook(module, args, kwargs):
+    """Record whether this call writes a KV cache (then the pre-RoPE keys are kept for the next call)."""
+    module._lcc_kv_start = _cache_start(module, kwargs)
+    module._lcc_kv_use_cache = any(kwargs.get(k) is not None for k in ("cache", "past_key_values",
+                                                                        "past_key_value"))
 
 
 @register
@@ -233,6 +267,7 @@ class KVQuant(Compressor):
             if getattr(attn, "config", cfg) is not cfg:
                 attn.config._attn_implementation = name
             if spec.pre_rope and not getattr(attn, "_lcc_kv_hooked", False):
+                attn.register_forward_pre_hook(_attn_cache_flag_hook, with_kwargs=True)
                 attn.k_proj.register_forward_hook(_k_proj_hook(attn))
                 attn._lcc_kv_hooked = True
                 hooks += 1

@@ -10,7 +10,7 @@ from typing import Any
 from lcc.tasks.base import LM_EVAL_METRICS, REGISTRY, TASK_METRICS, Task, get, register  # noqa: F401
 
 #: modules of this package that define no task
-_NOT_TASKS = {"base", "synthetic", "score", "runner", "report", "words"}
+_NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words"}
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if _m.name not in _NOT_TASKS:
         importlib.import_module(f"{__name__}.{_m.name}")

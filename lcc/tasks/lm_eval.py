@@ -1,0 +1,254 @@
+"""``task=lm_eval``: any lm-evaluation-harness task (MMLU, TriviaQA, ... as LLM-KICK uses), run through lm-eval's
+Python API on the in-memory model: first on the dense model, then, after the model is compressed in place, on
+the compressed one. Reports both scores (with lm-eval's standard errors), their difference, and LLM-KICK's
+"matching" verdict: the compressed score is within ``match_within`` (5 %) of the dense one,
+|compressed - dense| <= match_within * |dense|.
+
+Hub data sets (the real path for MMLU & co.) are fetched by lm-eval's ``datasets`` calls. Offline, a local task
+works the same way: ``python -m lcc.tasks pydoc-task DIR`` writes a multiple-choice task over CPython's docs
+(``lcc_pydoc_cloze``: a JSONL file and its YAML) that ``task.include_path=DIR task.tasks=[lcc_pydoc_cloze]``
+runs. Needs the ``tasks`` extra (``pip install -e '.[tasks]'``, part of ``make venv``).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from lcc import ConfigError, compressors
+from lcc.io import write_parquet
+from lcc.tasks.base import Task, check_bool, check_int, register
+
+log = logging.getLogger(__name__)
+INSTALL = "pip install -e '.[tasks]'   (or: make venv)"
+
+
+@functools.lru_cache(maxsize=8)
+def task_manager(include_path: str | None):
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as e:
+        raise ConfigError(f"task=lm_eval needs the package 'lm-eval', which is not installed ({e}). "
+                          f"Install it with: {INSTALL}") from e
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
+
+
+@register
+@dataclass
+class LmEval(Task):
+    name: ClassVar[str] = "lm_eval"
+    kind: ClassVar[str] = "lm_eval"
+    tasks: list = field(default_factory=list)   # lm-eval task or group names, e.g. [mmlu] or [triviaqa]
+    include_path: Any = None      # a folder of extra task YAMLs (local tasks), or null
+    num_fewshot: Any = None       # null: each task's default
+    limit: Any = None             # documents per task (null: all)
+    batch_size: int = 1
+    max_length: Any = None        # null: ctx.tokens (inputs longer than this are truncated from the left)
+    apply_chat_template: bool = False
+    bootstrap_iters: int = 1000   # lm-eval's bootstrap for the standard errors of non-mean metrics
+    match_within: float = 0.05    # LLM-KICK's "matching": within 5 % of the dense score
+
+    def check(self) -> None:
+        t = self.tasks
+        if isinstance(t, str):
+            self.tasks = t = [t]
+        if not isinstance(t, (list, tuple)) or not t or not all(isinstance(x, str) and x for x in t):
+            raise ConfigError(f"task.tasks={t!r} is invalid; valid: a non-empty list of lm-eval task names, "
+                              f"e.g. task.tasks=[mmlu]")
+        self.tasks = list(t)
+        if self.include_path is not None:
+            if not isinstance(self.include_path, str) or not Path(self.include_path).is_dir():
+                raise ConfigError(f"task.include_path={self.include_path!r} is not a folder; valid: a folder of "
+                                  f"lm-eval task YAMLs, or null")
+        for k in ("num_fewshot", "limit", "max_length"):
+            if getattr(self, k) is not None:
+                check_int(self, k, 0 if k == "num_fewshot" else 1)
+        check_int(self, "batch_size", 1, 4096)
+        check_int(self, "bootstrap_iters", 0)
+        check_bool(self, "apply_chat_template")
+        m = self.match_within
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+            raise ConfigError(f"task.match_within={m!r} is invalid; valid: a number in [0, 1)")
+
+    def check_job(self, cfg: Any) -> None:
+        """Unknown task names fail before launch, with the closest known names."""
+        known = set(task_manager(self.include_path).all_tasks)
+        bad = [t for t in self.tasks if t not in known]
+        if bad:
+            hints = {t: difflib.get_close_matches(t, known, n=3) for t in bad}
+            raise ConfigError(f"task.tasks: unknown lm-eval task(s) {bad}; closest known: {hints} "
+                              f"(all: `lm_eval ls tasks`; local tasks need task.include_path)")
+
+
+def _metric_rows(res: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """{(task, metric): (value, stderr)} from lm-eval's ``results`` (keys "<metric>,<filter>")."""
+    out = {}
+    for tname, r in res["results"].items():
+        for k, v in r.items():
+            if "," not in k or "_stderr" in k or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            metric, filt = k.split(",", 1)
+            se = r.get(f"{metric}_stderr,{filt}")
+            out[(tname, k)] = (float(v), float(se) if isinstance(se, (int, float)) and math.isfinite(se) else None)
+    return out
+
+
+def _sample_frame(res: dict, which: str) -> pd.DataFrame:
+    rows = []
+    for tname, samples in (res.get("samples") or {}).items():
+        for s in samples:
+            row = {"lm_task": tname, "doc_id": s.get("doc_id"), "filter": s.get("filter")}
+            for m in s.get("metrics", []):
+                v = s.get(m)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    row[f"{m}_{which}"] = float(v)
+                elif isinstance(v, bool):
+                    row[f"{m}_{which}"] = float(v)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _run(task: LmEval, model, tok, max_length: int, seed: int) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=task.batch_size, max_length=max_length,
+              device=str(next(model.parameters()).device))
+    return simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
+                           task_manager=task_manager(task.include_path), log_samples=True,
+                           bootstrap_iters=task.bootstrap_iters, apply_chat_template=task.apply_chat_template,
+                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                           fewshot_random_seed=seed)
+
+
+def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
+    from lcc.cache import TensorStore, settings
+    from lcc.job import _compress, check_context
+    from lcc.models import load_model, resolve_device, resolve_dtype
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    comp = compressors.build(cfg.compressor)
+    cs = settings(cfg)
+    cache: dict[str, Any] = {"dense": "off", "compressed": "off"}
+    comp_store = TensorStore(cs.dir, "compressed") if cs.cache_compressed(comp) else None
+    model, tok, max_ctx = load_model(cfg.model, device, dtype)
+    check_context(cfg, max_ctx)
+    if not hasattr(tok, "apply_chat_template"):
+        raise ConfigError(f"task=lm_eval needs a Hugging Face tokenizer; model={cfg.model.name} has "
+                          f"{type(tok).__name__}")
+    max_length = int(task.max_length or cfg.ctx.tokens)
+    timings["load_s"] = time.perf_counter() - t0
+    calib = None
+    if getattr(comp, "needs_calibration", comp.calibrated):
+        from lcc.compressors.engine import calibration_batch
+        calib = calibration_batch(cfg.calib, tok)
+
+    t = time.perf_counter()
+    dense = _run(task, model, tok, max_length, int(cfg.seed))
+    timings["dense_eval_s"] = time.perf_counter() - t
+    info, timings["compress_s"] = _compress(cfg, comp, model, calib, device, dtype, comp_store, cache)
+    cache.pop("compress_cache_s", None)
+    t = time.perf_counter()
+    compd = _run(task, model, tok, max_length, int(cfg.seed))
+    timings["compressed_eval_s"] = time.perf_counter() - t
+
+    md, mc = _metric_rows(dense), _metric_rows(compd)
+    rows = []
+    for key in md:
+        if key not in mc:
+            continue
+        (d, dse), (c, cse) = md[key], mc[key]
+        rows.append({"lm_task": key[0], "metric": key[1], "dense": d, "dense_se": dse, "compressed": c,
+                     "compressed_se": cse, "delta": c - d, "rel_delta": (c - d) / abs(d) if d else None,
+                     "matching": bool(abs(c - d) <= task.match_within * abs(d))})
+    if not rows:
+        raise RuntimeError(f"lm-eval returned no numeric metric for {task.tasks}")
+    sd, sc = _sample_frame(dense, "dense"), _sample_frame(compd, "compressed")
+    files = []
+    if not sd.empty and not sc.empty:
+        samples = sd.merge(sc, on=["lm_task", "doc_id", "filter"], how="outer")
+        write_parquet(out / "samples.parquet", samples)
+        files.append("samples.parquet")
+    first = rows[0]
+    summary = {"score_dense": first["dense"], "score_dense_se": first["dense_se"],
+               "score_compressed": first["compressed"], "score_compressed_se": first["compressed_se"],
+               "score_delta": first["delta"], "matching": first["matching"],
+               "primary": f"{first['lm_task']}/{first['metric']}",
+               "n_docs": int(sum(len(v) for v in (dense.get("samples") or {}).values()))}
+    timings["total_s"] = time.perf_counter() - t0
+    return {"model": cfg.model.name, "data": "lm_eval", "ctx": int(cfg.ctx.tokens), "task": task.name,
+            "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
+            "summary": summary, "lm_eval": rows, "timings": timings, "files": files, "cache": cache,
+            "lm_eval_versions": {"lm_eval": _version()}}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+    return version("lm_eval")
+
+
+# ---- an offline task made from CPython's docs --------------------------------------------------------
+TASK_NAME = "lcc_pydoc_cloze"
+YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {jsonl}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def make_pydoc_task(folder: str | Path, n_docs: int = 200, seed: int = 0) -> Path:
+    """Write ``lcc_pydoc_cloze``: each document is a sentence of CPython's docs without its last word, and the
+    choices are that word and three other words of the docs (multiple choice, metric acc). Returns the folder
+    (pass it as ``task.include_path``)."""
+    import re
+
+    import pydoc_data.topics as topics
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+    sents = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    sents = [s for s in sents if 8 <= len(s.split()) <= 40 and re.fullmatch(r"[A-Za-z][A-Za-z ,'\-]*[a-z]\.", s)]
+    vocab = sorted({w for s in sents for w in re.findall(r"[a-z]{4,}", s)})
+    docs = []
+    for i in rng.permutation(len(sents))[:n_docs]:
+        words = sents[i][:-1].split()
+        answer = words[-1]
+        others = [w for w in rng.choice(vocab, 12, replace=False) if w != answer][:3]
+        choices = [answer] + others
+        order = rng.permutation(4)
+        docs.append({"context": " ".join(words[:-1]), "choices": [choices[j] for j in order],
+                     "label": int(np.where(order == 0)[0][0])})
+    jsonl = folder / f"{TASK_NAME}.jsonl"
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / f"{TASK_NAME}.yaml").write_text(YAML.format(name=TASK_NAME, jsonl=jsonl.resolve()))
+    return folder
