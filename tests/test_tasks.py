@@ -236,3 +236,47 @@ def test_task_sweep_reduce_tables_and_heatmaps(tmp_path):
     for name in ("passkey", "niah"):
         assert (sweep / "plots" / f"{name}_depth_ctx.png").stat().st_size > 5000
     assert not (sweep / "sensitivity.csv").read_text().strip().count("\n")  # no KL job: header only
+
+
+def test_lm_eval_unknown_task_fails_before_launch_with_close_names(tmp_path):
+    from lcc.tasks.lm_eval import make_pydoc_task
+    d = make_pydoc_task(tmp_path / "t", n_docs=10)
+    with pytest.raises(ConfigError, match=r"unknown lm-eval task\(s\) \['lcc_pydoc_clze'\].*lcc_pydoc_cloze"):
+        validate(make_cfg(["model=tiny", "task=lm_eval", f"task.include_path={d}", "task.tasks=[lcc_pydoc_clze]"],
+                          "-"))
+
+
+@pytest.mark.slow
+def test_lm_eval_local_task_dense_and_compressed_in_one_job(tmp_path):
+    """lm-eval's Python API on the in-memory SmolLM2: the local pydoc task (JSONL + YAML made here), scored on
+    the dense model, then on the same model compressed in place; matching verdict; per-document rows."""
+    from lcc.tasks.lm_eval import make_pydoc_task
+    d = make_pydoc_task(tmp_path / "t", n_docs=30)
+    res = run(make_cfg(["logger=none", "task=lm_eval", f"task.include_path={d}", "task.tasks=[lcc_pydoc_cloze]",
+                        "compressor=quant", "compressor.bits=3", "dtype=bfloat16"], tmp_path / "job"))
+    saved = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert saved["status"] == "ok" and saved["task"] == "lm_eval"
+    row = saved["lm_eval"][0]
+    assert row["lm_task"] == "lcc_pydoc_cloze" and row["metric"] == "acc,none"
+    docs = pd.read_parquet(tmp_path / "job" / "samples.parquet")
+    assert len(docs) == 30
+    # lm-eval's score is the mean of its per-document outcomes, for both models
+    assert row["dense"] == pytest.approx(docs.acc_dense.mean()) and row["compressed"] == pytest.approx(
+        docs.acc_compressed.mean())
+    assert row["dense"] > 0.5                              # the embedded model reads CPython's docs well
+    assert row["delta"] == pytest.approx(row["compressed"] - row["dense"])
+    assert row["matching"] == (abs(row["delta"]) <= 0.05 * row["dense"])
+    assert res["summary"]["score_dense"] == row["dense"]
+    assert (docs.acc_dense != docs.acc_compressed).any()   # 3-bit weights change some answers
+
+
+@pytest.mark.slow
+def test_passkey_on_smollm2_dense_retrieves_and_3bit_loses_some(tmp_path):
+    """On the embedded model at 1k tokens the dense model finds most pass keys; answer KL is positive."""
+    res = run(make_cfg(["logger=none", "task=passkey", "task.n_samples=2", "ctx=1k", "compressor=quant",
+                        "compressor.bits=3", "dtype=bfloat16"], tmp_path))
+    rows = pd.read_parquet(tmp_path / "samples.parquet")
+    assert len(rows) == 10 and (rows.prompt_tokens == 1024).all()
+    text = rows.output_dense.tolist()
+    assert res["summary"]["acc_dense"] >= 0.5, text
+    assert res["summary"]["kl_answer"] > 0.05 and res["summary"]["nll_compressed"] > res["summary"]["nll_dense"]

@@ -28,6 +28,11 @@ Full-precision tokens:
 
 Simplification: in one prefill, channel-wise key groups take their min/max over all tokens of the group,
 including tokens later than the query (what a cache holds after the prefill, not during it).
+
+Generation with a KV cache: the cache holds full-precision keys/values; every call (a one-token decoding step
+too) quantizes all the keys/values it attends to. ``pre_rope`` keys are quantized on the k_proj output, which
+holds only the new positions: the hook keeps the full-precision pre-RoPE keys of the cached positions, so a new
+key is quantized with the statistics of its whole channel group so far.
 """
 from __future__ import annotations
 

@@ -103,13 +103,14 @@ def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> l
         panels = [("dense", g, f"{metric}_dense")]
         for (comp, level), gc in g.groupby(["compressor", "level"]):
             if comp != "none":
-                panels.append((f"{comp} {level}", gc, f"{metric}_compressed"))
-        ncol = min(4, len(panels))
+                panels.append((f"{comp}\n{level}", gc, f"{metric}_compressed"))
+        ncol = min(3, len(panels))
         nrow = math.ceil(len(panels) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(1.1 * len(ctxs) * ncol + 1.5, 0.45 * len(depths) * nrow + 1.3),
+        w = max(2.4, 0.75 * len(ctxs) + 1.3)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(w * ncol + 1.2, (0.42 * len(depths) + 1.7) * nrow),
                                  squeeze=False)
         im = None
-        for ax, (title, gp, col) in zip(axes.flat, panels):
+        for k, (ax, (title, gp, col)) in enumerate(zip(axes.flat, panels)):
             grid = (gp.groupby(["depth", "ctx"])[col].mean().unstack("ctx")
                     .reindex(index=depths, columns=ctxs))
             n = gp.groupby(["depth", "ctx"])["n_prompts"].first().unstack("ctx").reindex(index=depths, columns=ctxs)
@@ -121,10 +122,12 @@ def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> l
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
             ax.set_xticks(range(len(ctxs)), [_ctx_label(int(c)) for c in ctxs], fontsize=8)
             ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=8)
-            nn = sorted({int(x) for x in n.to_numpy().ravel() if not pd.isna(x)})
-            ax.set_title(f"{title}\n(n={'/'.join(map(str, nn))} per cell)", fontsize=8)
-            ax.set_xlabel("context", fontsize=8)
-            ax.set_ylabel("needle depth", fontsize=8)
+            ax.set_title(title, fontsize=9)
+            per_ctx = [n[c].dropna() for c in ctxs]
+            ax.set_xlabel("context (prompts per cell: " + "/".join(
+                str(int(x.iloc[0])) if len(x) else "-" for x in per_ctx) + ")", fontsize=7)
+            if k % ncol == 0:
+                ax.set_ylabel("needle depth", fontsize=8)
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         fig.suptitle(f"{task}: greedy accuracy by needle depth and context ({model}, {data})", fontsize=10)
