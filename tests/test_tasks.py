@@ -66,6 +66,7 @@ def test_passkey_needle_text_and_depth_positions():
 @pytest.mark.parametrize("bad,msg", [
     (["task=passkey", "task.depths=[0.5,1.5]"], "task.depths"),
     (["task=passkey", "task.chat_template=maybe"], "chat_template"),
+    (["task=passkey", "task.chat_template=1"], "chat_template"),
     (["task=niah", "task.n_queries=3"], "n_queries=3 exceeds"),
     (["task=niah", "task.value_type=uuid"], "value_type"),
     (["task=passkey", "task.n_samples=0"], "n_samples"),
@@ -77,6 +78,29 @@ def test_passkey_needle_text_and_depth_positions():
 def test_bad_task_values_fail_validation_with_the_value_and_choices(bad, msg):
     with pytest.raises(ConfigError, match=msg):
         validate(make_cfg(["model=tiny", *bad], "-"))
+
+
+def test_chat_template_on_off_and_auto():
+    from lcc.tasks.synthetic import PromptBuilder
+    for v in ("auto", True, False):
+        validate(make_cfg(["model=tiny", "task=passkey", f"task.chat_template={str(v).lower()}"], "-"))
+    assert PromptBuilder(ByteTokenizer(), 1000, "auto").templated is False
+    with pytest.raises(ConfigError, match="has no chat template"):
+        PromptBuilder(ByteTokenizer(), 1000, True)
+
+
+@pytest.mark.slow
+def test_smollm2_prompts_with_and_without_chat_template():
+    from transformers import AutoTokenizer
+    from lcc.models import prepare_embedded
+    tok = AutoTokenizer.from_pretrained(prepare_embedded())
+    for tmpl in (True, False):
+        task = tasks.build({"name": "niah", "n_samples": 1, "chat_template": tmpl, "depths": [0.5]})
+        s = task.samples(tok, 1024, 0, pydoc())[0]
+        text = tok.decode(s.prompt.tolist())
+        assert s.prompt.numel() == 1024 and s.expected[0] in text
+        assert text.startswith("<|im_start|>system") is tmpl and ("<|im_start|>assistant" in text) is tmpl
+        assert text.endswith("mentioned in the provided text is")
 
 
 def hf_greedy(model, prompt, n):

@@ -83,8 +83,9 @@ def check_bool(obj: Any, key: str) -> None:
 
 
 def check_choice(obj: Any, key: str, choices: list) -> None:
+    """``choices`` may mix strings and booleans; 1/0 are not booleans."""
     v = getattr(obj, key)
-    if isinstance(v, bool) or v not in choices:
+    if not any(v is c if isinstance(c, bool) else (not isinstance(v, bool) and v == c) for c in choices):
         raise ConfigError(f"task.{key}={v!r} is invalid; valid choices: {choices}")
 
 
