@@ -304,3 +304,13 @@ def test_passkey_on_smollm2_dense_retrieves_and_3bit_loses_some(tmp_path):
     text = rows.output_dense.tolist()
     assert res["summary"]["acc_dense"] >= 0.5, text
     assert res["summary"]["kl_answer"] > 0.05 and res["summary"]["nll_compressed"] > res["summary"]["nll_dense"]
+
+
+@pytest.mark.slow
+def test_task_job_logs_to_wandb_offline(tmp_path):
+    res = run(make_cfg(["model=tiny", "logger=wandb", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
+                        "task.max_new_tokens=4"], tmp_path))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert res["status"] == "ok" and len(runs) == 1
+    data = b"".join(f.read_bytes() for f in runs[0].iterdir() if f.suffix == ".wandb")
+    assert b"task/by_depth" in data and b"acc_compressed" in data
