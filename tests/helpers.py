@@ -20,9 +20,11 @@ def make_cfg(overrides: list[str], output_dir: str | Path | None = None):
         return compose("sweep", overrides=list(overrides) + extra)
 
 
-def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None, timeout: int = 900):
-    """Run ``python -m <module> args`` in a subprocess; returns CompletedProcess (text)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None, timeout: int = 900,
+            env: dict | None = None):
+    """Run ``python -m <module> args`` in a subprocess (``env``: extra environment variables);
+    returns CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0", **(env or {}))
     env.pop("HYDRA_FULL_ERROR")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
