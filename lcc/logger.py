@@ -57,8 +57,10 @@ def log_spaced(curve: pd.DataFrame, n: int = WANDB_CURVE_POINTS) -> pd.DataFrame
     edges = np.unique(np.round(np.geomspace(pos[0], pos[-1] + 1, n + 1)).astype(np.int64))
     group = np.searchsorted(edges, pos, side="right") - 1
     df = curve.assign(log2_position=np.log2(pos), _g=group)
-    out = df.groupby("_g", sort=True).mean(numeric_only=True).reset_index(drop=True)
-    out["position"] = 2.0 ** out["log2_position"]
+    g = df.groupby("_g", sort=True)
+    out = g.mean(numeric_only=True).reset_index(drop=True)
+    single = g.size().to_numpy() == 1  # a group of one position keeps that position exactly
+    out["position"] = np.where(single, out["position"], 2.0 ** out["log2_position"])
     return out
 
 
