@@ -59,7 +59,7 @@ def level_colors(df: pd.DataFrame) -> dict[tuple, tuple]:
         order = rows.groupby("level")["kl_mean"].mean().sort_values(kind="stable").index.tolist()
         n = len(order)
         for i, lev in enumerate(order):
-            out[(comp, lev)] = cmap(0.05 + 0.8 * (i / (n - 1) if n > 1 else 0.0))
+            out[(comp, lev)] = cmap(0.05 + 0.8 * i / (n - 1) if n > 1 else 0.3)
     return out
 
 
@@ -83,6 +83,34 @@ def log2_axis(ax, lo: float, hi: float, label: bool = True) -> None:
                         for i, t in enumerate(ticks)], fontsize=8)
 
 
+def log_y_axis(ax) -> None:
+    """Log y with plain-number labels (0.05, 0.1, 0.2 ... not 5x10^-2); more labelled ticks per decade when
+    the data span few decades; linear when the range is too narrow for two labelled log ticks (every axis
+    sharing ``ax``'s y follows it)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")  # limits from the positive values alone
+    ax.relim()
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    decades = math.log10(hi / lo)
+    for subs in ([(1.0,)] if decades > 4 else []) + [(1.0, 3.0), (1.0, 2.0, 3.0, 5.0), tuple(range(1, 10))]:
+        inside = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                  for m in subs if lo <= m * 10.0 ** k <= hi]
+        if len(inside) >= (3 if len(subs) < 9 else 2):
+            break
+    else:
+        ax.set_yscale("linear")  # a narrow range: linear ticks say more
+        ax.set_ylim(lo, hi)
+        return
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=[x for x in range(1, 10) if x not in subs]))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path_stem: Path) -> list[Path]:
     written = []
     for fmt, dpi in (("png", 150), ("pdf", None)):
@@ -96,8 +124,8 @@ def _grid(n: int, width: float, height: float, sharey: bool):
     plt = _plt()
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), sharey=sharey,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.4), sharey=sharey,
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, axes
@@ -161,24 +189,17 @@ def kl_vs_position_figure(bins: pd.DataFrame, jobs: pd.DataFrame):
         log2_axis(ax, bins.x.min(), bins.x.max())
         ax.grid(True, which="major", alpha=0.25)
     if log_y:
-        from matplotlib.ticker import FuncFormatter
-
-        axes[0, 0].set_yscale("log")
-        fmt = FuncFormatter(lambda v, _: f"{v:g}")
-        for ax in axes.ravel():  # plain numbers (0.05, 0.1, 1), not 5x10^-2
-            ax.yaxis.set_major_formatter(fmt)
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+        log_y_axis(axes[0, 0])
     for ax in axes[:, 0]:
         ax.set_ylabel("KL(P_dense ‖ Q) [nats/token]", fontsize=9)
     for ax in axes[-1, :]:
         ax.set_xlabel("position (tokens of context)", fontsize=9)
     ctx_handles = [Line2D([], [], color="0.2", ls=s, lw=1.3) for s in styles.values()]
-    fig.legend(ctx_handles, [f"ctx {ctx_label(c)}" for c in styles], loc="upper right", ncol=len(styles),
-               fontsize=8, frameon=False, bbox_to_anchor=(1.0, 1.0))
+    fig.legend(ctx_handles, [f"ctx {ctx_label(c)}" for c in styles], loc="outside upper right",
+               ncol=len(styles), fontsize=8, frameon=False)
     sub = _subtitle(bins)
     fig.suptitle("KL vs position: octave-bin mean ± SE across documents" + (f"  ({sub})" if sub else ""),
                  fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
@@ -191,7 +212,9 @@ def sensitivity_figure(jobs: pd.DataFrame):
     colors = level_colors(jobs)
     groups = panels(jobs)
     nrow, ncol = len(FIG_SENSITIVITY), len(groups)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + 0.6, 2.9 * nrow), sharey="row", squeeze=False)
+    # y not shared: one compressor's trend over ctx stays readable beside another's much larger KL
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + 0.6, 2.9 * nrow + 0.3), squeeze=False,
+                             layout="constrained")
     ctxs = sorted(jobs.ctx.unique())
     for j, (key, title, rows) in enumerate(groups):
         comp = key[-1]
@@ -208,6 +231,9 @@ def sensitivity_figure(jobs: pd.DataFrame):
                             marker="o", ms=4, lw=1.3, capsize=3, label=lev)
             if shown.key.startswith("kl_slope"):
                 ax.axhline(0, color="0.5", lw=0.8, ls=":")
+            vals = rows[shown.key].dropna()
+            if shown.key == "kl_mean" and len(vals) and vals.min() > 0 and vals.max() / vals.min() >= 5:
+                log_y_axis(ax)  # levels orders of magnitude apart
             if rows[shown.key].isna().all():
                 ax.text(0.5, 0.5, "undefined at these ctx\n(needs ≥ 2 bins from position 512: ctx > 1k)"
                         if "late" in shown.key else "undefined", ha="center", va="center",
@@ -228,5 +254,4 @@ def sensitivity_figure(jobs: pd.DataFrame):
     sub = _subtitle(jobs)
     fig.suptitle("Sensitivity to context length: mean ± SE across documents" + (f"  ({sub})" if sub else ""),
                  fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig

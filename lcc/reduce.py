@@ -140,11 +140,13 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]
     files += write_outputs(sweep_dir, df, plots=plots)
     if wandb:
-        from lcc.logger import log_reduce, sweep_logger
+        from lcc.logger import log_reduce, sweep_logger, wandb_defaults
 
         lg = sweep_logger(sweep_dir, ok, wandb_overrides or {})
-        if wandb is True or (lg and lg.get("kind") == "wandb"):
-            log_reduce(sweep_dir, lg or {}, df, tables, files)
+        if lg is None and wandb is True:  # forced, though no job logged to W&B: lcc's logger defaults
+            lg = {**wandb_defaults(), "kind": "wandb"}
+        if lg is not None:
+            log_reduce(sweep_dir, lg, df, tables, files)
     return df, text
 
 
