@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +62,21 @@ def tidy_curves(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def variant_levels(bins: pd.DataFrame) -> dict[str, str]:
+    """job -> the label its line carries in the figures: its level, plus any config key whose value differs
+    between jobs of the same model, data, compressor, level and ctx (e.g. ``w4g128, seed=1``), so that no
+    two jobs draw as one indistinguishable line."""
+    ident = ["model", "data", "compressor", "level", "ctx"]
+    conf = [c for c in bins.columns[len(ID_COLS) + len(BIN_KEYS) + 1:]]
+    jobs = bins.drop_duplicates("job")
+    varying = [c for c in conf if (jobs.groupby(ident, dropna=False)[c].nunique(dropna=False) > 1).any()]
+    out = {}
+    for _, j in jobs.iterrows():
+        extra = ", ".join(f"{c}={j[c]}" for c in varying)
+        out[j.job] = f"{j.level}, {extra}" if extra else str(j.level)
+    return out
+
+
 def write_tidy(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
     return [atomic_write(sweep_dir / "curves.parquet", lambda tmp: df.to_parquet(tmp, index=False)),
             atomic_write(sweep_dir / "curves.csv", lambda tmp: df.to_csv(tmp, index=False))]
@@ -68,41 +84,30 @@ def write_tidy(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                 "±": r"$\pm$", "Δ": r"$\Delta$", "≥": r"$\geq$", "‖": r"$\|$"}
+                 "±": r"$\pm$", "Δ": r"$\Delta$", "≥": r"$\geq$", "‖": r"$\|$", "–": "--"}
 
 
 def tex_escape(s) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(s))
 
 
-def tex_pm(m, se, digits: int = 3) -> str:
-    """``m ± se`` for LaTeX (math-mode ±), ``--`` where the number is undefined or was not run."""
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return "--"
-    if se is None or (isinstance(se, float) and math.isnan(se)):
-        return f"{m:.{digits}g}"
-    return f"{m:.{digits}g} $\\pm$ {se:.2g}"
+def tex_cell(cell) -> str:
+    """A table cell (``0.326 ± 0.0071``, ``–`` where not run or undefined) as LaTeX."""
+    return "--" if str(cell) in ("–", "nan", "") else tex_escape(cell)
 
 
-def latex_table(jobs: pd.DataFrame, key: str, se: str | None, caption: str, index: list[str],
-                ctx_label) -> str:
-    """One booktabs table: rows ``index`` (e.g. model, data, compressor, level), columns ctx, cells m ± se."""
-    ok = jobs.assign(ctx=jobs.ctx.astype(int))
-    ok = ok.assign(cell=[tex_pm(a, b if se else None) for a, b in zip(ok[key], ok[se] if se else ok[key])])
-    t = ok.pivot_table(index=index, columns="ctx", values="cell", aggfunc="first").sort_index(axis=1)
-    t.columns = [ctx_label(c) for c in t.columns]
-    t = t.fillna("--").reset_index()
-    for c in index:
-        t[c] = t[c].map(tex_escape)
-    t.columns = [tex_escape(c) for c in t.columns]
-    body = t.to_latex(index=False, escape=False, column_format="l" * len(index) + "r" * (len(t.columns) - len(index)))
-    label = "tab:" + key.replace("_", "-")
-    return ("\\begin{table}[t]\n\\centering\n\\small\n" + body + f"\\caption{{{tex_escape(caption)}}}\n"
-            f"\\label{{{label}}}\n\\end{{table}}\n")
-
-
-def latex_tables(jobs: pd.DataFrame, shown: list, index: list[str], ctx_label) -> str:
-    """Every sensitivity table as LaTeX (booktabs; ``\\usepackage{booktabs}``), ready to ``\\input``."""
-    head = ("% lcc sensitivity tables: rows " + ", ".join(index) + "; columns context length; cells mean $\\pm$ SE "
-            "across documents; -- = not run or undefined. Needs \\usepackage{booktabs}.\n")
-    return head + "\n".join(latex_table(jobs, s.key, s.se, s.label, index, ctx_label) for s in shown)
+def latex_tables(tables: dict[str, pd.DataFrame], labels: dict[str, str] | None = None) -> str:
+    """The sensitivity tables (reduce.sensitivity_tables: index = row keys, columns = ctx, cells m ± se) as
+    LaTeX booktabs tables, ready to ``\\input`` (needs ``\\usepackage{booktabs}``). ``labels``: table name ->
+    \\label suffix."""
+    out = ["% lcc sensitivity tables: cells mean $\\pm$ SE across documents; -- = not run or undefined. "
+           "Needs \\usepackage{booktabs}."]
+    for name, t in tables.items():
+        t = t.reset_index()
+        index = [c for c in t.columns if c not in set(tables[name].columns)]
+        body = pd.DataFrame({tex_escape(c): t[c].map(tex_cell) for c in t.columns})
+        tab = body.to_latex(index=False, escape=False, column_format="l" * len(index) + "r" * (t.shape[1] - len(index)))
+        label = (labels or {}).get(name) or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        out.append("\\begin{table}[t]\n\\centering\n\\small\n" + tab + f"\\caption{{{tex_escape(name)}}}\n"
+                   f"\\label{{tab:{label}}}\n\\end{{table}}\n")
+    return "\n".join(out)

@@ -90,23 +90,25 @@ def status_line(df: pd.DataFrame) -> str:
     return f"{len(df)} jobs: " + ", ".join(parts)
 
 
-TABLE_INDEX = ["model", "data", "compressor", "level"]
-
-
-def write_outputs(sweep_dir: Path, df: pd.DataFrame, plots: bool = True) -> list[Path]:
-    """The files beside sensitivity.csv/.md: LaTeX tables, the tidy curves file, the figures."""
-    from lcc.outputs import latex_tables, tidy_curves, write_tidy
+def write_outputs(sweep_dir: Path, df: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                  plots: bool = True) -> list[Path]:
+    """The files beside sensitivity.csv/.md: the LaTeX tables, the tidy curves file, the figures."""
+    from lcc.outputs import latex_tables, tidy_curves, variant_levels, write_tidy
 
     ok = df[df.status == "ok"]
     if ok.empty:
         return []
+    labels = {t.label: t.slug for t in TABLES}
     written = [atomic_write(sweep_dir / "sensitivity.tex",
-                            lambda tmp: Path(tmp).write_text(latex_tables(ok, TABLES, TABLE_INDEX, ctx_label)))]
+                            lambda tmp: Path(tmp).write_text(latex_tables(tables, labels)))]
     bins = tidy_curves(sweep_dir, ok)
     written += write_tidy(sweep_dir, bins)
     if plots:
         from lcc import figures
 
+        lines = variant_levels(bins)  # a figure line per job: level (+ any key that tells jobs apart)
+        bins = bins.assign(level=bins.job.map(lines))
+        ok = ok.assign(level=ok.job.map(lines))
         (sweep_dir / "plots").mkdir(exist_ok=True)
         written += figures.kl_vs_position(bins, ok, sweep_dir / "plots" / "kl_vs_position")
         written += figures.sensitivity(ok, sweep_dir / "plots" / "sensitivity")
@@ -138,7 +140,7 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok[cols].to_csv(tmp, index=False))
     atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))
     files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]
-    files += write_outputs(sweep_dir, df, plots=plots)
+    files += write_outputs(sweep_dir, df, tables, plots=plots)
     if wandb:
         from lcc.logger import log_reduce, sweep_logger, wandb_defaults
 

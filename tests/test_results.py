@@ -69,17 +69,31 @@ def test_tidy_file_has_every_job_by_bin_with_its_config(sweep):
     assert not [c for c in tidy.columns if c.startswith(("logger.", "cache.")) or c == "output_dir"]
 
 
-def test_latex_tables_hold_the_csv_numbers(sweep):
-    from lcc.outputs import tex_pm
+def test_latex_tables_hold_the_markdown_tables(sweep):
+    from lcc.outputs import tex_cell
 
     d, _ = sweep
     tex = (d / "sensitivity.tex").read_text()
-    table = pd.read_csv(d / "sensitivity.csv")
+    md = (d / "sensitivity.md").read_text()
     assert tex.count("\\begin{tabular}") == 5 and tex.count("\\toprule") == 5 and "\\caption{mean KL" in tex
-    assert "& 1k & 2k \\\\" in tex and "$\\Delta$NLL" in tex
-    for _, r in table.iterrows():
-        assert tex_pm(r.kl_mean, r.kl_se) in tex
-    assert tex_pm(float("nan"), 0.1) == "--"
+    assert "& 1k & 2k \\\\" in tex and "$\\Delta$NLL" in tex and "\\label{tab:kl_slope_late}" in tex
+    cells = [c.strip() for line in md.splitlines() if line.startswith("| tiny") for c in line.split("|")[5:-1]]
+    assert len(cells) == 5 * 2 * 2 and "±" in cells[0]
+    for c in cells:
+        assert tex_cell(c) in tex
+    assert " -- " in tex  # the late slope is undefined at 1k
+    assert tex_cell("0.5 ± 0.01") == "0.5 $\\pm$ 0.01" and tex_cell("–") == "--"
+
+
+def test_jobs_that_differ_in_another_key_draw_as_separate_lines(tmp_path):
+    from lcc.outputs import variant_levels
+
+    d = tmp_path / "seeds"
+    p = run_cli("-m", "model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256", "seed=0,1", f"hydra.sweep.dir={d}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    tidy = pd.read_parquet(d / "curves.parquet")
+    assert sorted(variant_levels(tidy).values()) == ["w4g128, seed=0", "w4g128, seed=1"]
+    assert sorted(variant_levels(tidy[tidy.seed == 0]).values()) == ["w4g128"]
 
 
 def test_tex_escape():
