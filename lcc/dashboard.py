@@ -16,13 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcc.names import (TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE, WANDB_LEVEL, WANDB_X)
+from lcc.names import TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE, WANDB_LEVEL, WANDB_X, ctx_label
 
 GROUP_BY = ["config.compressor.name", f"config.{WANDB_LEVEL}"]
-
-
-def ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 def _filters(job_type: str, ctx: int | None = None, group: str | None = None) -> str:

@@ -17,14 +17,10 @@ import numpy as np
 import pandas as pd
 
 from lcc.io import atomic_write
-from lcc.names import FIG_CURVE, FIG_SENSITIVITY
+from lcc.names import FIG_CURVE, FIG_SENSITIVITY, ctx_label
 
 LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 2, 2))]
 PANEL_KEYS = ["model", "data", "compressor"]
-
-
-def ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 def pos_label(p: float) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lcc.names import (BIN_KEYS, CURVE_KEYS, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
-                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_X, WANDB_X_LOG2)
+                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_X, WANDB_X_LOG2, ctx_label)
 from lcc.outputs import flatten  # noqa: F401  (re-exported: lcc.logger.flatten)
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ KINDS = ("wandb", "none")
 def run_id(out: Path, config_hash: str) -> str:
     """Stable per (job folder, config): a requeued or resumed job continues the same W&B run."""
     return hashlib.sha1(f"{out.resolve()}|{config_hash}".encode()).hexdigest()[:16]
-
-
-def ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 def _finite(v) -> bool:
@@ -83,7 +79,7 @@ def history_rows(result: dict, curve: pd.DataFrame | None) -> list[dict]:
     return rows
 
 
-def _settings(lg: dict, offline: bool = False):
+def _settings(lg: dict):
     import wandb
 
     t = float(lg.get("timeout_s") or 15)
@@ -109,7 +105,7 @@ def _init(lg: dict, where: Path, **kw):
                 wandb.teardown()
             except Exception:  # noqa: BLE001
                 pass
-    return wandb.init(mode="offline", settings=_settings(lg, offline=True), **common)
+    return wandb.init(mode="offline", settings=_settings(lg), **common)
 
 
 def job_tags(result: dict, extra) -> list[str]:

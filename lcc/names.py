@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def ctx_label(tokens: int) -> str:
+    """How a context length is written in tables, figures, tags and the dashboard: 1k = 1024 tokens."""
+    tokens = int(tokens)
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+
+
 @dataclass(frozen=True)
 class Shown:
     key: str            # the mean's key (result.json summary / curve bin)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from lcc.io import atomic_write, read_json
-from lcc.names import SUMMARY_COLS, TABLES
+from lcc.names import SUMMARY_COLS, TABLES, ctx_label
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["job", "status"])
     return pd.DataFrame(list(rows.values()))
-
-
-def ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 def pm(m: float, se: float, digits: int = 3) -> str:

@@ -2,8 +2,8 @@
 
 A ``.wandb`` file is wandb's transaction log: a 7-byte header (``:W&B``, magic 0xBEE1, version 0), then
 32 KiB blocks of LevelDB-log chunks (crc32 4 bytes, length 2, type 1: full/first/middle/last), each record a
-``wandb.proto.wandb_internal_pb2.Record``. wandb >= 0.19 writes it from its Go core and ships no Python reader,
-so this is that reader (checksums verified as wandb's own writer computes them: crc32 seeded by the type byte).
+``wandb.proto.wandb_internal_pb2.Record``. wandb's Go core writes it, and the wandb package (0.31 here) ships
+no Python reader of it any more, so this is that reader (checksums verified as wandb's own writer computes them: crc32 seeded by the type byte).
 """
 from __future__ import annotations
 
