@@ -90,7 +90,9 @@ def log_y_axis(ax) -> None:
     ax.autoscale_view()
     lo, hi = ax.get_ylim()
     decades = math.log10(hi / lo)
-    for subs in ([(1.0,)] if decades > 4 else []) + [(1.0, 3.0), (1.0, 2.0, 3.0, 5.0), tuple(range(1, 10))]:
+    options = [(1.0,), (1.0, 3.0), (1.0, 2.0, 3.0, 5.0), tuple(range(1, 10))]
+    start = 0 if decades > 4 else 1 if decades > 1.5 else 2  # sparser labels over many decades
+    for subs in options[start:]:
         inside = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
                   for m in subs if lo <= m * 10.0 ** k <= hi]
         if len(inside) >= (3 if len(subs) < 9 else 2):
