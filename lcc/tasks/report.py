@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lcc.io import atomic_write, read_json
+from lcc.names import ctx_label
 from lcc.tasks.base import LM_EVAL_METRICS, TASK_METRICS, metrics_shown
 
 ROW = ["model", "data", "task", "compressor", "level"]
@@ -24,10 +25,6 @@ def _fmt(m, se=None, digits: int = 3) -> str:
     if se is None or (isinstance(se, float) and math.isnan(se)):
         return f"{m:.{digits}g}"
     return f"{m:.{digits}g} ± {se:.2g}"
-
-
-def _ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 def done_line(result: dict) -> str:
@@ -63,7 +60,7 @@ def tables(per_job: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for m in metrics_shown("table"):
         df = df.assign(cell=[_fmt(a, b) for a, b in zip(df[m.key], df[m.key + "_se"])])
         t = df.pivot_table(index=ROW, columns="ctx", values="cell", aggfunc="first")
-        t.columns = [_ctx_label(c) for c in t.columns]
+        t.columns = [ctx_label(c) for c in t.columns]
         out[m.label] = t.fillna("–")
     # accuracy: dense beside compressed for every ctx
     cells = []
@@ -72,7 +69,7 @@ def tables(per_job: pd.DataFrame) -> dict[str, pd.DataFrame]:
                       "dense": _fmt(r.acc_dense, None, 2), "compressed": _fmt(r.acc_compressed, None, 2)})
     c = pd.DataFrame(cells).pivot_table(index=ROW, columns="ctx", values=["dense", "compressed"], aggfunc="first")
     c = c.reorder_levels([1, 0], axis=1).sort_index(axis=1, level=0, sort_remaining=False)
-    c.columns = [f"{_ctx_label(ctx)} {which}" for ctx, which in c.columns]
+    c.columns = [f"{ctx_label(ctx)} {which}" for ctx, which in c.columns]
     out = {"accuracy, dense beside compressed (n prompts per cell: see tasks.csv)": c.fillna("–"), **out}
     return out
 
@@ -120,7 +117,7 @@ def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> l
                     v = grid.iat[i, j]
                     if not pd.isna(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-            ax.set_xticks(range(len(ctxs)), [_ctx_label(int(c)) for c in ctxs], fontsize=8)
+            ax.set_xticks(range(len(ctxs)), [ctx_label(int(c)) for c in ctxs], fontsize=8)
             ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=8)
             ax.set_title(title, fontsize=9)
             per_ctx = [n[c].dropna() for c in ctxs]
@@ -141,20 +138,23 @@ def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> l
     return written
 
 
-def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True) -> list[str]:
-    """Markdown lines for the task jobs of a sweep; writes tasks.csv, tasks_by_depth.csv and the heatmaps."""
+def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True) -> tuple[list[str], list[Path]]:
+    """Markdown lines for the task jobs of a sweep (they go into sensitivity.md) and the files written:
+    tasks.csv, tasks_by_depth.csv, lm_eval.csv and the heatmaps."""
     per_job, per_depth, lm = load(sweep_dir, jobs)
     lines: list[str] = []
+    files: list[Path] = []
     if not per_job.empty:
-        atomic_write(sweep_dir / "tasks.csv", lambda tmp: per_job.to_csv(tmp, index=False))
-        atomic_write(sweep_dir / "tasks_by_depth.csv", lambda tmp: per_depth.to_csv(tmp, index=False))
+        files.append(atomic_write(sweep_dir / "tasks.csv", lambda tmp: per_job.to_csv(tmp, index=False)))
+        files.append(atomic_write(sweep_dir / "tasks_by_depth.csv", lambda tmp: per_depth.to_csv(tmp, index=False)))
         for name, t in tables(per_job).items():
             lines += [f"## Tasks: {name}", "", t.reset_index().to_markdown(index=False), ""]
         if plots:
             for p in heatmaps(sweep_dir, per_depth):
                 lines += [f"Heatmap: {p.relative_to(sweep_dir)}", ""]
+                files.append(p)
     if not lm.empty:
-        atomic_write(sweep_dir / "lm_eval.csv", lambda tmp: lm.to_csv(tmp, index=False))
-        lines += ["## lm-eval tasks: dense and compressed (LLM-KICK 'matching': within 5 % of dense)", "",
+        files.append(atomic_write(sweep_dir / "lm_eval.csv", lambda tmp: lm.to_csv(tmp, index=False)))
+        lines += ["## lm-eval tasks: dense and compressed (LLM-KICK 'matching': within match_within of dense)", "",
                   lm_eval_table(lm).to_markdown(index=False), ""]
-    return lines
+    return lines, files
