@@ -245,8 +245,9 @@ def test_default_task_keeps_the_config_hash_of_kl_jobs():
 def test_task_sweep_reduce_tables_and_heatmaps(tmp_path):
     from tests.helpers import run_cli
     sweep = tmp_path / "sweep"
-    p = run_cli("-m", "model=tiny", "logger=none", "task=passkey,niah", "task.n_samples=1",
-                "task.max_new_tokens=4", "compressor=quant", "compressor.bits=3,4", "ctx.tokens=400,600",
+    # sweeping the task group itself: its parameters as ++task.key (Hydra composes the base config with task=kl)
+    p = run_cli("-m", "model=tiny", "logger=none", "task=passkey,niah", "++task.n_samples=1",
+                "++task.max_new_tokens=4", "compressor=quant", "compressor.bits=3,4", "ctx.tokens=400,600",
                 "n_docs=1", f"hydra.sweep.dir={sweep}", f"cache.dir={tmp_path / 'cache'}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "8 jobs: 8 ok" in p.stderr
