@@ -6,7 +6,7 @@ command line's overrides applied to every grid (a key given on the command line 
 The study's experiment configs use it, since its grid is not one product.
 
 Hydra already composes each job's config up front (unknown keys fail there). This sweeper also runs
-``lcc.job.validate`` on each composed config, reports every bad job in one error, and writes the
+``lcc.validate.validate`` (every key, no model loaded) on each composed config, reports every bad job in one error, and writes the
 sweep's job manifest ``lcc_jobs.json`` (overrides and folder of each job) so that ``lcc.reduce`` can
 list jobs that are missing, not only those that failed.
 """
@@ -64,7 +64,7 @@ class LccSweeper(BasicSweeper):
         import lcc.sweep  # registers the lcc_subdir resolver
         from lcc import ConfigError
         from lcc.io import read_json, write_json
-        from lcc.job import validate
+        from lcc.validate import problems
 
         loader = self.hydra_context.config_loader
         errors, jobs = [], []
@@ -74,10 +74,11 @@ class LccSweeper(BasicSweeper):
             with open_dict(cfg):
                 cfg.hydra.job.num = num
                 cfg.output_dir = "-"  # not known before launch; validate() does not need it
-            try:
-                validate(cfg)
-            except ConfigError as e:
-                errors.append(f"  job {num} [{' '.join(overrides)}]: {e}")
+            found = problems(cfg)
+            if len(found) == 1:
+                errors.append(f"  job {num} [{' '.join(overrides)}]: {found[0]}")
+            elif found:
+                errors.append(f"  job {num} [{' '.join(overrides)}]:\n" + "\n".join(f"    - {x}" for x in found))
             subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
             jobs.append({"num": num, "overrides": list(overrides), "dir": subdir})
         if errors:
