@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # ~60 subprocesses: about 90 s of CPU
 
 
 def cases() -> list[tuple[str, list[str], list[str]]]:

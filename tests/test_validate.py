@@ -35,7 +35,7 @@ BOOLEAN_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("value", ["no", "'false'", "'true'", "yes", "0", "1", "off"])
+@pytest.mark.parametrize("value", ["no", "'false'", "0", "1"])
 @pytest.mark.parametrize("base,key", BOOLEAN_KEYS, ids=[k for _, k in BOOLEAN_KEYS])
 def test_every_boolean_refuses_anything_but_a_boolean(base, key, value):
     found = bad([*base, f"{key}={value}"])
