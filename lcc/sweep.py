@@ -12,8 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
-#: set by the lcc sweeper in a multirun, read at exit to print the ok/failed count
-LAST_SWEEP_DIR: Path | None = None
 
 
 def job_subdir(override_dirname: str, num: int) -> str:
@@ -42,14 +40,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    try:
-        main()
-    finally:
-        # set by the sweeper on the module imported as lcc.sweep (not __main__) once a multirun launches jobs;
-        # lcc.reduce (pandas) is imported only then
-        if getattr(sys.modules.get("lcc.sweep"), "LAST_SWEEP_DIR", None) is not None:
-            from lcc.reduce import print_sweep_status
-            print_sweep_status()
+    """The ``lcc-sweep`` console command (same as ``python -m lcc.sweep``; Hydra's tab completion works with
+    it: ``eval "$(lcc-sweep -sc install=bash)"``). In a multirun, the lcc sweeper prints the sweep's status
+    line and reduces it when the launcher is done."""
+    main()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ DEVICES = "auto, cpu, cuda, cuda:<N>"
 MODEL_KINDS = ("gguf", "tiny", "hf")
 DATA_KINDS = ("pydoc", "hf", "text")
 LOGGER_KINDS = ("wandb", "none")
-WANDB_MODES = ("offline", "online", "disabled")
+WANDB_MODES = ("offline", "online")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 DECODE_ERRORS = ("strict", "replace")
@@ -46,7 +46,7 @@ MAX_SEED = 2 ** 63 - 1
 _TOP = {"model", "data", "ctx", "compressor", "calib", "logger", "seed", "n_docs", "device", "dtype",
         "chunk_size", "allow_long_context", "resume", "cache", "output_dir", "hydra"}
 _CACHE_KEYS = ("enabled", "dir", "dense", "compressed")
-_LOGGER_KEYS = {"none": ("kind",), "wandb": ("kind", "project", "entity", "mode", "group", "tags")}
+_LOGGER_KEYS = {"none": ("kind",), "wandb": ("kind", "project", "entity", "mode", "group", "tags", "timeout_s")}
 _MODEL_KEYS = {"gguf": ("name", "kind", "package", "max_context"),
                "tiny": ("name", "kind", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
                         "max_position_embeddings", "max_context", "seed", "attn_implementation"),
@@ -63,9 +63,10 @@ _MISSING_HINT = {"model.name_or_path": "model=hf needs model.name_or_path=<hub i
 
 def override_exclude_keys() -> list[str]:
     """Override keys left out of a job folder's name: every volatile key and every key under one (the
-    logger's and cache's keys as the schema above knows them), plus ``experiment`` (an experiment only sets
-    a grid, whose values are the jobs' own overrides; tests/test_validate.py checks this)."""
-    keys = ["experiment"]
+    logger's and cache's keys as the schema above knows them), plus two config groups that hold no job key:
+    ``experiment`` (it only sets a grid, whose values are the jobs' own overrides; tests/test_validate.py checks
+    this) and ``launcher`` (a preset of hydra.launcher: how jobs are submitted)."""
+    keys = ["experiment", "launcher"]
     for k in VOLATILE_KEYS:
         keys.append(k)
         if k == "logger":
@@ -423,6 +424,9 @@ def problems(cfg: DictConfig) -> list[str]:
             _str(p, lg, "logger.", "entity", optional=True)
             _str(p, lg, "logger.", "group", optional=True)
             _str_list(p, lg, "logger.", "tags", scalar_ok=False)
+            t = lg.get("timeout_s")
+            if "timeout_s" in lg and not (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0):
+                p.bad("logger.timeout_s", t, "a number of seconds > 0")
     else:
         p.bad("logger.kind", lg.get("kind") if isinstance(lg, dict) else lg, f"one of {', '.join(LOGGER_KINDS)}")
 

@@ -149,7 +149,7 @@ def test_folder_name_exclusions_come_from_the_volatile_keys():
     c = _hydra_cfg([])
     assert list(c.hydra.job.config.override_dirname.exclude_keys) == override_exclude_keys()
     for k in override_exclude_keys():
-        assert k == "experiment" or k.split(".")[0] in VOLATILE_KEYS
+        assert k in ("experiment", "launcher") or k.split(".")[0] in VOLATILE_KEYS
     # every key under a volatile node of every option of it is excluded
     for option in ("wandb", "none"):
         lg = _hydra_cfg([f"logger={option}"]).logger
@@ -168,12 +168,17 @@ def test_keys_that_change_numbers_or_placement_name_their_folder():
     assert config_hash({**base, "logger": {"kind": "none"}, "cache": {}, "output_dir": "/y"}) == config_hash(base)
 
 
-def test_experiments_only_set_a_grid():
-    """``experiment`` is left out of folder names: safe only while an experiment sets nothing but the
-    sweeper's grid (whose values are each job's own overrides)."""
+def test_experiments_only_set_a_grid_and_launchers_only_hydra():
+    """``experiment`` and ``launcher`` are left out of folder names: safe only while an experiment sets nothing
+    but the sweeper's grid (whose values are each job's own overrides) and a launcher preset nothing but
+    Hydra's launcher."""
     for f in (Path(CONF_DIR) / "experiment").glob("*.yaml"):
         body = OmegaConf.load(f)
         assert set(body) == {"hydra"} and set(body.hydra) == {"sweeper"} and set(body.hydra.sweeper) == {"grid"}, f
+    launchers = list((Path(CONF_DIR) / "launcher").glob("*.yaml"))
+    for f in launchers:
+        body = OmegaConf.load(f)
+        assert set(body) <= {"defaults", "hydra"} and set(body.hydra) == {"launcher"}, f
 
 
 # ---- class 2: targets that select nothing, compressions that change nothing ---------------------------------
