@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import mmap
 import os
 import shutil
 import socket
@@ -34,18 +33,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import xxhash
 from filelock import FileLock, Timeout
 
 from lcc import ConfigError
+from lcc.io import WRITE_ERRNOS, as_os_error, file_checksum, umask
 
 log = logging.getLogger(__name__)
 
 FORMAT = 2
 #: a shard holds at most this many bytes (bounds the host memory a write needs)
 SHARD_BYTES = 1 << 30
-#: errors of a cache folder that a user must fix (space, quota, permissions, read-only file system)
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
 
 class InvalidEntry(Exception):
@@ -59,17 +56,6 @@ def canonical_json(obj: Any) -> str:
 def key_of(inputs: dict) -> str:
     """The content address of an entry: sha256 of the canonical JSON of everything its tensors depend on."""
     return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
-
-
-def file_checksum(path: str | Path) -> str:
-    """xxh3-128 of a shard, hashed straight from a read-only memory map: ~10x faster than sha256 and ample
-    to detect corruption (the content address itself stays a sha256). Hashing the map instead of reading
-    16 MiB chunks into fresh buffers removes a copy: a 32 MiB entry checks in ~2 ms instead of ~25 ms."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return xxhash.xxh3_128(b"").hexdigest()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return xxhash.xxh3_128(mm).hexdigest()
 
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
@@ -244,6 +230,7 @@ class TensorStore:
                     i += 1
                 p = tmp / f"part-{len(parts):04d}.safetensors"
                 save_file(shard, str(p), metadata={"lcc_key": key, "lcc_kind": self.kind})
+                os.chmod(p, 0o666 & ~umask())  # safetensors creates its files 0600: a shared cache must be readable
                 del shard
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
@@ -262,8 +249,10 @@ class TensorStore:
             _fsync_dir(self.dir)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS and "lcc cache" not in str(e):
-                raise write_error(e, self.dir) from e
+            # safetensors reports a full disk as SafetensorError("... os error 28"), not as an OSError
+            err = as_os_error(e) if isinstance(e, Exception) else None
+            if err is not None and err.errno in WRITE_ERRNOS and "lcc cache" not in str(e):
+                raise write_error(err, self.dir) from e
             raise
         return stored
 
@@ -347,6 +336,9 @@ def settings(cfg: Any) -> CacheSettings:
     if not (compressed == "auto" or isinstance(compressed, bool)):
         raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
                           f"masking pruners), true (every cacheable compressor), false")
-    return CacheSettings(enabled=bool(get("enabled", True)),
+    for k in ("enabled", "dense"):
+        if not isinstance(get(k, True), bool):
+            raise ConfigError(f"cache.{k}={get(k)!r} is invalid; valid: true or false (a YAML boolean)")
+    return CacheSettings(enabled=get("enabled", True),
                          dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
-                         dense=bool(get("dense", True)), compressed=compressed)
+                         dense=get("dense", True), compressed=compressed)

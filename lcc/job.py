@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import lcc
 from lcc import ConfigError, compressors, tasks
-from lcc.io import read_json, write_json, write_parquet, write_safetensors
+from lcc.io import file_records, files_problem, read_json, write_json, write_parquet, write_safetensors
+from lcc.validate import VOLATILE_KEYS, context_problem, validate  # noqa: F401  (validate: lcc.job.validate)
 
 log = logging.getLogger(__name__)
 
-#: keys that do not change a job's numbers (where it runs, how it is logged)
-VOLATILE_KEYS = ("output_dir", "logger", "resume", "device", "cache")
+#: the files of a finished job besides result.json; their sizes and checksums are recorded in result.json
+RESULT_FILES = ["tokens.safetensors", "curve.parquet"]
 
 
 def job_config(cfg: DictConfig) -> dict:
@@ -42,37 +43,23 @@ def config_hash(cfg: dict) -> str:
 
 
 def check_context(cfg: DictConfig, max_ctx: int | None) -> None:
-    ctx = cfg.ctx.tokens
-    if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
-        raise ConfigError(f"ctx={ctx} tokens exceeds model {cfg.model.name}'s trained context of {max_ctx}; "
-                          f"choose ctx <= {max_ctx} or set allow_long_context=true")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no model: raise ConfigError naming the bad value and the valid choices."""
-    compressors.validate(cfg.compressor)
-    tasks.validate(cfg)
-    ctx = cfg.ctx.tokens
-    if not isinstance(ctx, int) or ctx < 2:
-        raise ConfigError(f"ctx.tokens={ctx!r} is invalid; valid: an integer >= 2 (or ctx=1k,2k,...,128k)")
-    check_context(cfg, cfg.model.get("max_context"))
-    if not isinstance(cfg.n_docs, int) or cfg.n_docs < 1:
-        raise ConfigError(f"n_docs={cfg.n_docs!r} is invalid; valid: an integer >= 1")
-    if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
-        raise ConfigError(f"chunk_size={cfg.chunk_size!r} is invalid; valid: an integer >= 1")
-    from lcc.cache import settings
-    settings(cfg)  # cache.compressed
+    if (why := context_problem(cfg.ctx.tokens, max_ctx, cfg.allow_long_context, cfg.model.name)):
+        raise ConfigError(why)
 
 
 def completed(out: Path, chash: str) -> dict | None:
-    """The finished result in ``out`` if it is complete and was made from the same config."""
+    """The finished result in ``out`` if it is complete, was made from the same config, and every file it
+    lists matches the size and checksum recorded in it (a truncated or edited file makes the job rerun)."""
     try:
         res = read_json(out / "result.json")
     except (OSError, ValueError):
         return None
-    ok = res.get("status") == "ok" and res.get("config_hash") == chash
-    ok = ok and all((out / f).exists() for f in res.get("files", []))
-    return res if ok else None
+    if not isinstance(res, dict) or res.get("status") != "ok" or res.get("config_hash") != chash:
+        return None
+    if (why := files_problem(out, res)):
+        log.warning("finished job in %s is not trusted and runs again: %s", out, why)
+        return None
+    return res
 
 
 def _set_aside_stale(out: Path) -> None:
@@ -338,6 +325,8 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
         calib = calibration_batch(cfg.calib, tok)
     timings["data_s"] = time.perf_counter() - t
 
+    if comp.uses_targets:  # a target set that selects nothing is an error, not a dense "compressed" result
+        comp.check_targets(model)
     dense_hidden, timings["dense_forward_s"] = _dense_hidden(cfg, model, windows, device, dtype, dense_store,
                                                              cache)
     # the dense head comes from the freshly loaded (still dense) model, so a dense cache hit needs no copy of it
@@ -345,7 +334,9 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     dense_w = head.weight.detach().clone() if comp.targets.lm_head else None
     dense_head = logits_fn(model, dense_w)
 
+    before = _fingerprints(model, comp)
     info, timings["compress_s"] = _compress(cfg, comp, model, calib, device, dtype, comp_store, cache)
+    weights = _changed(model, comp, before)
     for k in ("dense_cache_s", "compress_cache_s"):
         if k in cache:
             timings[k] = cache.pop(k)
@@ -362,5 +353,36 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     write_parquet(out / "curve.parquet", curve_df)
     timings["total_s"] = time.perf_counter() - t0
     return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "compressor": comp.name,
-            "level": comp.level(), "compress_info": info, "summary": summary, "curve": curve,
-            "timings": timings, "files": ["tokens.safetensors", "curve.parquet"], "cache": cache}
+            "level": comp.level(), "compress_info": info, "weights": weights, "summary": summary, "curve": curve,
+            "timings": timings, "files": RESULT_FILES, "checksums": file_records(out, RESULT_FILES), "cache": cache}
+
+
+def _targeted(model, comp) -> dict[str, torch.nn.Module]:
+    from lcc.compressors.base import target_linears
+
+    lins: dict[str, torch.nn.Module] = {}
+    for c in getattr(comp, "instances", None) or [comp]:  # a composition: the union of its stages' targets
+        if c.uses_targets:
+            lins.update(target_linears(model, c.targets))
+    return lins
+
+
+def _fingerprints(model, comp) -> dict[str, int]:
+    from lcc.compressors.base import weight_fingerprint
+
+    return {n: weight_fingerprint(m) for n, m in _targeted(model, comp).items()}
+
+
+def _changed(model, comp, before: dict[str, int]) -> dict[str, int]:
+    """How many targeted Linear layers ``compress`` changed. A compressor that changed no weight and acts on
+    nothing at run time (no hooks, no attention function) left the dense model: that is an error, never a
+    result that looks compressed (e.g. sparsity=0, or a grid every weight already lies on)."""
+    from lcc.compressors.base import weight_fingerprint
+
+    lins = _targeted(model, comp)
+    changed = sum(weight_fingerprint(m) != before.get(n) for n, m in lins.items())
+    if comp.uses_targets and changed == 0 and not comp.acts_at_runtime:
+        raise ConfigError(f"compressor {comp.name} ({comp.level()}) changed no weight of its {len(lins)} targeted "
+                          f"Linear layers: the model is still the dense one. Use compressor=none for the dense "
+                          f"baseline, or a level that compresses")
+    return {"targeted_linears": len(lins), "changed_linears": changed}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, get, register, target_linears
+from lcc.compressors.base import Compressor, Targets, get, qualify, register, target_linears
 
 PRUNERS = {"magnitude", "random", "wanda", "sparsegpt"}
 
@@ -66,7 +66,11 @@ class Compose(Compressor):
             if st["name"] == "compose":
                 raise ConfigError(f"stages[{i}].name='compose' is invalid; compositions do not nest")
             stage_cls = get(st["name"])
-            stage_cls.validate({k: v for k, v in st.items() if k not in ("name", "targets")})
+            try:
+                stage_cls.validate({k: v for k, v in st.items() if k not in ("name", "targets")})
+                Targets.check(st.get("targets"))
+            except ConfigError as e:
+                raise ConfigError(qualify(str(e), stage_cls.params, prefix=f"stages[{i}].")) from None
 
     def __init__(self, targets=None, **kw):
         super().__init__(targets, **kw)
@@ -82,6 +86,14 @@ class Compose(Compressor):
     @property
     def needs_calibration(self) -> bool:
         return self.calibrated
+
+    @property
+    def acts_at_runtime(self) -> bool:  # type: ignore[override]
+        return any(s.acts_at_runtime for s in self.instances)
+
+    def check_targets(self, model) -> None:
+        for s in self.instances:
+            s.check_targets(model)
 
     def level(self) -> str:
         return "+".join(f"{s.name}:{s.level()}" for s in self.instances)

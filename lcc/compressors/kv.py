@@ -230,6 +230,12 @@ class KVQuant(Compressor):
     name = "kv"
     params = {"bits": 4, "group_size": 128, "key_mode": "channel", "sym": False, "pre_rope": False,
               "sink": 0, "window": 0}
+    acts_at_runtime = True
+
+    @staticmethod
+    def target_candidates(block):
+        """``targets.modules`` selects attention modules (those with k_proj and v_proj)."""
+        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
 
     @classmethod
     def check(cls, kw):

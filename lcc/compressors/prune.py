@@ -17,6 +17,9 @@ from lcc.compressors.engine import (HessianStats, NormStats, inverse_hessian_upp
                                     run_sequential)
 
 NM_PARAMS = {"nm_n": 0, "nm_m": 0}
+#: ``sparsity`` given together with N:M must equal 1 - nm_n/nm_m to this tolerance (so that the 6 significant
+#: digits an error message prints are accepted); it is then set to exactly 1 - nm_n/nm_m.
+NM_SPARSITY_TOL = 1e-6
 
 
 # ---- N:M helpers ---------------------------------------------------------------------------------
@@ -30,9 +33,13 @@ def check_nm(kw: dict[str, Any]) -> None:
                           f"0 < nm_n < nm_m (keep nm_n of every nm_m consecutive input weights)")
     if m and not n < m:
         raise ConfigError(f"nm_n={n!r} must be smaller than nm_m={m!r} (nm_n = weights kept per group of nm_m)")
-    if m and "sparsity" in kw and abs(float(kw["sparsity"]) - (1 - n / m)) > 1e-9:
-        raise ConfigError(f"sparsity={kw['sparsity']!r} contradicts N:M {n}:{m} (which prunes {1 - n / m:g}); "
-                          f"set sparsity={1 - n / m:g} or leave it out")
+    s = kw.get("sparsity")
+    if m and s is not None and abs(float(s) - (1 - n / m)) > NM_SPARSITY_TOL:
+        raise ConfigError(f"sparsity={s!r} contradicts N:M {n}:{m}, which prunes {1 - n / m:.6g} of the weights; "
+                          f"valid: sparsity={1 - n / m:.6g} or sparsity=null (then taken from N:M)")
+    if not m and "sparsity" in kw and s is None:
+        raise ConfigError("sparsity=None is invalid without N:M; valid: a number in [0, 1), or null together "
+                          "with nm_n/nm_m > 0")
 
 
 def check_nm_width(width: int, m: int, name: str) -> None:
@@ -77,7 +84,8 @@ class NMPruner(Compressor):
 
     @classmethod
     def check(cls, kw):
-        check_fraction(kw, "sparsity")
+        if kw.get("sparsity") is not None:
+            check_fraction(kw, "sparsity")
         check_nm(kw)
 
     def __init__(self, targets=None, **kw):

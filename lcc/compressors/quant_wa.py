@@ -60,6 +60,10 @@ class QuantWA(Compressor):
             s += f"ag{self.a_group_size}"
         return s + ("-symw" if self.sym else "") + ("-syma" if self.a_sym else "")
 
+    @property
+    def acts_at_runtime(self) -> bool:  # type: ignore[override]
+        return self.a_bits != 16
+
     @staticmethod
     def remove(model) -> None:
         for h in getattr(model, HOOK_ATTR, []):
