@@ -77,7 +77,9 @@ def _result_problem(res: object) -> str | None:
         return f"not a JSON object but {type(res).__name__}"
     if res.get("status") != "ok":
         return None
-    for key, typ in (("config", dict), ("summary", dict), ("curve", list), ("level", str), ("compressor", str)):
+    task = res.get("task", "kl")
+    body = ("curve", list) if task == "kl" else ("lm_eval" if task == "lm_eval" else "by_depth", list)
+    for key, typ in (("config", dict), ("summary", dict), body, ("level", str), ("compressor", str)):
         if not isinstance(res.get(key), typ):
             return f"{key!r} is missing or not a {typ.__name__}"
     if not isinstance(res.get("ctx"), int) or isinstance(res.get("ctx"), bool):

@@ -309,9 +309,17 @@ def test_passkey_on_smollm2_dense_retrieves_and_3bit_loses_some(tmp_path):
 
 @pytest.mark.slow
 def test_task_job_logs_to_wandb_offline(tmp_path):
+    """The run holds the task summary, its per-depth table, the task tag and samples.parquet as an artifact
+    (read back through wandb's record format)."""
+    from tests.wandb_records import OfflineRun, offline_runs
+
     res = run(make_cfg(["model=tiny", "logger=wandb", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
-                        "task.max_new_tokens=4"], tmp_path))
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert res["status"] == "ok" and len(runs) == 1
-    data = b"".join(f.read_bytes() for f in runs[0].iterdir() if f.suffix == ".wandb")
-    assert b"task/by_depth" in data and b"acc_compressed" in data
+                        "task.max_new_tokens=4", "compressor=quant"], tmp_path))
+    (run_dir,) = offline_runs(tmp_path)
+    r = OfflineRun(run_dir)
+    assert res["status"] == "ok" and "task=passkey" in r.tags
+    assert r.summary["acc_compressed"] == res["summary"]["acc_compressed"] and r.summary["task"] == "passkey"
+    table = [h for h in r.history if "task/by_depth/ncols" in h][-1]   # a wandb.Table, stored as a file reference
+    assert table["task/by_depth/ncols"] == len(res["by_depth"][0]) and table["task/by_depth/nrows"] == 5
+    (art,) = [a for a in r.artifacts if a.type == "lcc-job"]   # (wandb adds one of its own for the table)
+    assert sorted(e.path for e in art.manifest.contents) == ["result.json", "samples.parquet"]

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from lcc import ConfigError, compressors
-from lcc.io import write_parquet
+from lcc.io import file_records, write_parquet
 from lcc.tasks.base import Task, check_bool, check_int, register
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,8 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
     timings["total_s"] = time.perf_counter() - t0
     return {"model": cfg.model.name, "data": "lm_eval", "ctx": int(cfg.ctx.tokens), "task": task.name,
             "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
-            "summary": summary, "lm_eval": rows, "timings": timings, "files": files, "cache": cache,
+            "summary": summary, "lm_eval": rows, "timings": timings, "files": files,
+            "checksums": file_records(out, files), "cache": cache,
             "lm_eval_versions": {"lm_eval": _version()}}
 
 

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lcc import compressors
-from lcc.io import write_parquet
+from lcc.io import file_records, write_parquet
 from lcc.tasks.base import summarize
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
@@ -170,4 +170,4 @@ def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
     return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "task": task.name,
             "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
             "summary": summary, "by_depth": by_depth, "timings": timings, "files": ["samples.parquet"],
-            "cache": cache}
+            "checksums": file_records(out, ["samples.parquet"]), "cache": cache}
