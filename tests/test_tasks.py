@@ -311,10 +311,14 @@ def test_passkey_on_smollm2_dense_retrieves_and_3bit_loses_some(tmp_path):
 def test_task_job_logs_to_wandb_offline(tmp_path):
     """The run holds the task summary, its per-depth table, the task tag and samples.parquet as an artifact
     (read back through wandb's record format)."""
+    from tests.helpers import run_cli
     from tests.wandb_records import OfflineRun, offline_runs
 
-    res = run(make_cfg(["model=tiny", "logger=wandb", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
-                        "task.max_new_tokens=4", "compressor=quant"], tmp_path))
+    # in a process of its own, as a job runs: wandb's service has flushed the run when the process ends
+    p = run_cli("model=tiny", "logger=wandb", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
+                "task.max_new_tokens=4", "compressor=quant", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "result.json").read_text())
     (run_dir,) = offline_runs(tmp_path)
     r = OfflineRun(run_dir)
     assert res["status"] == "ok" and "task=passkey" in r.tags
