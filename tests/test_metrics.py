@@ -109,7 +109,7 @@ def test_summarize_on_constructed_data():
     nll_q = np.full((d, t), 2.5)
     agree = np.zeros((d, t))
     agree[:, ::2] = 1
-    s, curve = summarize(kl, nll_p, nll_q, agree)
+    s, curve = summarize({"kl": kl, "nll_p": nll_p, "nll_q": nll_q, "agree": agree})
     assert s["kl_slope"] == pytest.approx(0.01, rel=1e-9)
     assert s["kl_slope_se"] == pytest.approx(0.0, abs=1e-12)
     assert s["kl_mean"] == pytest.approx(kl.mean())
@@ -129,6 +129,6 @@ def test_late_slope_ignores_the_early_positions():
     # high early KL that decays (a U's left arm), then a rise of 0.02 per doubling from position 512 on
     kl = np.stack([np.where(pos < 512, 1.0 / np.sqrt(pos), 0.1 + 0.02 * np.log2(pos / 512)) + 0.01 * i
                    for i in range(d)])
-    s, curve = summarize(kl, kl * 0, kl * 0, kl * 0)
+    s, curve = summarize({"kl": kl, "nll_p": kl * 0, "nll_q": kl * 0, "agree": kl * 0})
     assert s["kl_slope"] < 0.0  # the all-bins slope is dominated by the early positions
     assert s["kl_slope_late"] == pytest.approx(0.02, rel=0.05)

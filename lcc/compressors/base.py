@@ -1,15 +1,35 @@
-"""The one compressor interface, the name registry, and target selection.
+"""The one compressor contract, the name registry, and target selection.
 
 A compressor is a small class that changes a model *in place*. The evaluator runs the dense model first,
 then calls ``compress`` on the same model and runs it again, so only one copy of the weights is ever
-resident. Compressors that need activations declare ``calibrated = True`` and receive calibration
-batches; compressors that act during the forward pass (KV-cache quantization, activation quantization)
-install forward hooks in ``compress`` and leave them there.
+resident.
+
+**Parameters are fields, declared once.** Every subclass of :class:`Compressor` is made a dataclass (keyword
+only) and, if it sets ``name``, registered under that name. Each parameter is a field declared with
+:func:`param` (default, one line of documentation, the valid values). That one declaration is
+
+* the constructor: ``Quant(bits=3)``; ``build({"name": "quant", "bits": 3})`` from a config mapping;
+* the validation, run on construction: the annotation's type (booleans are booleans), then the field's
+  ``valid`` rule, then the class's cross-field ``check()``; every failure is a :class:`lcc.ConfigError`
+  naming the value and the valid choices;
+* the Hydra schema of ``compressor=<name>`` (``lcc.compressors.config_node``: no YAML repeats a default);
+* the documentation: ``python -m lcc.compressors`` lists every compressor with its fields.
+
+**Capabilities are methods**: ``needs_calibration()`` (``compress`` then gets calibration token ids),
+``storage()`` (what the compressed-weights cache stores: a keep-mask, the weights, or nothing, see
+:class:`Storage`), ``prunes()`` (its zeros must survive later stages of a composition). Compressors that act
+during the forward pass (KV cache, activations) install hooks in ``compress``; their storage is ``NONE``.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from typing import Any, ClassVar
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -18,14 +38,6 @@ from lcc import ConfigError
 
 REGISTRY: dict[str, type["Compressor"]] = {}
 
-#: Keys every compressor config may carry besides its own parameters.
-COMMON_KEYS = {"name", "targets"}
-
-
-def register(cls: type["Compressor"]) -> type["Compressor"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
 
 def get(name: str) -> type["Compressor"]:
     if name not in REGISTRY:
@@ -33,86 +45,71 @@ def get(name: str) -> type["Compressor"]:
     return REGISTRY[name]
 
 
-class Compressor:
-    """Base class. Subclasses set ``name``, ``params`` (defaults) and implement ``compress``."""
+# ---- parameters ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Valid:
+    """A rule on one parameter's value: ``ok(value)`` and how to describe the valid values."""
 
-    name: ClassVar[str]
-    #: parameter name -> default value. Only these keys (plus COMMON_KEYS) are accepted.
-    params: ClassVar[dict[str, Any]] = {}
-    #: True if ``compress`` needs calibration batches (runs through the sequential engine).
-    calibrated: ClassVar[bool] = False
-    #: True if ``compress`` only changes parameters of ``target_linears(model, self.targets)`` (no hooks, no
-    #: model attributes): lcc.job then stores the compressed weights once and reuses them (docs/caching.md).
-    cacheable: ClassVar[bool] = False
-    #: True if ``compress`` only sets weights of those Linears to zero and leaves every other value as it was
-    #: (magnitude, wanda, random; not sparsegpt, which also updates the weights it keeps): the compressed-weights
-    #: cache then stores one bit per weight (which ones survive) instead of a copy of the weights.
-    zeroes_only: ClassVar[bool] = False
-
-    def __init__(self, targets: dict | None = None, **kwargs: Any):
-        self.validate(kwargs)
-        for key, default in self.params.items():
-            setattr(self, key, kwargs.get(key, default))
-        self.targets = Targets(**(targets or {}))
-
-    # ---- configuration -------------------------------------------------------------------------
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        """Raise ConfigError naming a bad key/value and the valid choices."""
-        unknown = set(kwargs) - set(cls.params) - COMMON_KEYS
-        if unknown:
-            raise ConfigError(
-                f"compressor {cls.name!r} does not take {sorted(unknown)}; "
-                f"its parameters are: {sorted(cls.params) or 'none'}")
-        cls.check(kwargs)
-
-    @classmethod
-    def check(cls, kwargs: dict[str, Any]) -> None:
-        """Range checks of a subclass; called with the user's values (defaults not filled in)."""
-
-    def level(self) -> str:
-        """Short label of the compression level, used as a row of the sensitivity table."""
-        return ",".join(f"{k}={getattr(self, k)}" for k in self.params) or "-"
-
-    # ---- work ----------------------------------------------------------------------------------
-    def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
-        """Compress ``model`` in place. ``calib`` is a LongTensor [n_samples, seqlen] of token ids
-        when ``calibrated`` is True. Returns facts worth logging (achieved sparsity, bits, ...)."""
-        raise NotImplementedError
+    text: str
+    ok: Callable[[Any], bool] = lambda v: True
 
 
-# ---- range-check helpers -----------------------------------------------------------------------
-def check_int(kwargs: dict, key: str, lo: int, hi: int, what: str = "") -> None:
-    if key in kwargs:
-        v = kwargs[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ConfigError(f"{what or key}={v!r} is invalid; valid: an integer in {lo}..{hi}")
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_fraction(kwargs: dict, key: str, lo_closed: bool = True, hi_closed: bool = False) -> None:
-    if key in kwargs:
-        v = kwargs[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        ok = ok and (0 <= v if lo_closed else 0 < v) and (v <= 1 if hi_closed else v < 1)
-        if not ok:
-            rng = f"{'[' if lo_closed else '('}0, 1{']' if hi_closed else ')'}"
-            raise ConfigError(f"{key}={v!r} is invalid; valid: a number in {rng}")
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def check_group_size(kwargs: dict, key: str = "group_size", whole: str = "one group per row",
-                     hi: int = 1 << 20) -> None:
+def ints(lo: int, hi: int, extra: str = "") -> Valid:
+    """An integer in ``lo..hi``."""
+    return Valid(f"an integer in {lo}..{hi}{extra}", lambda v: _is_int(v) and lo <= v <= hi)
+
+
+def fraction(lo_closed: bool = True, hi_closed: bool = False) -> Valid:
+    """A number in [0, 1) (or the interval with the given closed ends)."""
+    rng = f"{'[' if lo_closed else '('}0, 1{']' if hi_closed else ')'}"
+    return Valid(f"a number in {rng}", lambda v: _is_num(v) and (0 <= v if lo_closed else 0 < v)
+                 and (v <= 1 if hi_closed else v < 1))
+
+
+def groups(whole: str = "one group per row", hi: int = 1 << 20) -> Valid:
     """A group size: a positive integer, or -1 for ``whole``."""
-    check_int(kwargs, key, -1, hi)
-    if kwargs.get(key) == 0:
-        raise ConfigError(f"{key}=0 is invalid; valid: a positive integer, or -1 for {whole}")
+    return Valid(f"a positive integer up to {hi}, or -1 for {whole}",
+                 lambda v: _is_int(v) and (v == -1 or 1 <= v <= hi))
 
 
-def check_choice(kwargs: dict, key: str, choices: list) -> None:
-    if key in kwargs and kwargs[key] not in choices:
-        raise ConfigError(f"{key}={kwargs[key]!r} is invalid; valid choices: {choices}")
+def choice(*options: Any) -> Valid:
+    return Valid(f"one of {list(options)}", lambda v: v in options)
 
 
-# ---- targets -----------------------------------------------------------------------------------
+_TYPE_RULES: dict[Any, Valid] = {
+    bool: Valid("true or false", lambda v: isinstance(v, bool)),
+    int: Valid("an integer", _is_int),
+    float: Valid("a number", _is_num),
+    str: Valid("a string", lambda v: isinstance(v, str)),
+}
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", valid: Valid | None = None, *,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A compressor parameter: a dataclass field with its documentation and its valid values."""
+    return field(default=default, default_factory=default_factory, metadata={"doc": doc, "valid": valid})
+
+
+def _type_rule(annotation: Any) -> tuple[Valid | None, bool]:
+    """(rule of the annotated type or None, whether None is allowed) for ``X`` and ``Optional[X]``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        rule = _TYPE_RULES.get(inner[0]) if len(inner) == 1 else None
+        return rule, type(None) in args
+    return _TYPE_RULES.get(annotation), False
+
+
+# ---- targets ------------------------------------------------------------------------------------
+@dataclass
 class Targets:
     """Which Linear layers of the decoder blocks a compressor touches.
 
@@ -122,20 +119,42 @@ class Targets:
     Embeddings and lm_head are never touched unless ``lm_head=True``.
     """
 
-    SHORTHANDS = {"attn": ["*attn*", "*attention*"], "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
+    modules: list[str] | str | None = None
+    layers: list[int] | None = None
+    lm_head: bool = False
 
-    def __init__(self, modules: list[str] | str | None = None, layers: list[int] | None = None,
-                 lm_head: bool = False):
-        if isinstance(modules, str):
-            modules = [modules]
+    SHORTHANDS: ClassVar[dict[str, list[str]]] = {"attn": ["*attn*", "*attention*"],
+                                                  "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
+
+    def __post_init__(self):
+        mods = [self.modules] if isinstance(self.modules, str) else self.modules
+        if mods is not None and not (isinstance(mods, (list, tuple)) and all(isinstance(m, str) for m in mods)):
+            raise ConfigError(f"targets.modules={self.modules!r} is invalid; valid: null (every Linear), a glob "
+                              f"pattern or a list of them, or the shorthands attn / mlp")
+        if self.layers is not None and not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 2
+                                            and all(_is_int(x) for x in self.layers)):
+            raise ConfigError(f"targets.layers={self.layers!r} is invalid; valid: [start, stop) (two integers)")
+        if not isinstance(self.lm_head, bool):
+            raise ConfigError(f"targets.lm_head={self.lm_head!r} is invalid; valid: true or false")
         pats: list[str] = []
-        for m in modules or ["*"]:
+        for m in mods or ["*"]:
             pats += self.SHORTHANDS.get(m, [m])
         self.patterns = pats
-        if layers is not None and len(layers) != 2:
-            raise ConfigError(f"targets.layers={list(layers)!r} is invalid; valid: [start, stop)")
-        self.layers = list(layers) if layers is not None else None
-        self.lm_head = bool(lm_head)
+        self.layers = list(self.layers) if self.layers is not None else None
+
+    @classmethod
+    def of(cls, value: Any) -> "Targets":
+        """``value`` as Targets: a Targets, a mapping of its fields, or None (every Linear)."""
+        if isinstance(value, Targets):
+            return value
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"targets={value!r} is invalid; valid: a mapping with modules, layers, lm_head")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if unknown := sorted(set(value) - set(names)):
+            raise ConfigError(f"targets does not take {unknown}; its keys are: {names}")
+        return cls(**value)
 
     def layer_range(self, n_layers: int) -> range:
         if self.layers is None:
@@ -170,3 +189,110 @@ def target_linears(model: nn.Module, targets: Targets) -> dict[str, nn.Linear]:
     if targets.lm_head and model.get_output_embeddings() is not None:
         out["lm_head"] = model.get_output_embeddings()
     return out
+
+
+# ---- the contract -------------------------------------------------------------------------------
+class Storage(str, Enum):
+    """What the compressed-weights cache stores for a compressor (docs/caching.md)."""
+
+    #: nothing: ``compress`` installs hooks or model attributes, or changes nothing worth storing
+    NONE = "none"
+    #: one bit per weight of ``touched_linears``: ``compress`` only sets weights there to zero
+    MASK = "mask"
+    #: the parameters of ``touched_linears``: ``compress`` changes nothing else (no hooks, no attributes)
+    WEIGHTS = "weights"
+
+
+@dataclass(kw_only=True)
+class Compressor:
+    """Base class: subclasses set ``name``, declare their parameters with :func:`param` and implement
+    ``compress``; they override the capability methods that differ from the defaults."""
+
+    name: ClassVar[str]
+    targets: Targets = param(default_factory=Targets,
+                             doc="which Linears: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        dataclass(kw_only=True)(cls)  # in place: the fields are the parameters
+        if "name" in vars(cls):
+            if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"two compressors are named {cls.name!r}: {REGISTRY[cls.name]} and {cls}")
+            REGISTRY[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        self.targets = Targets.of(self.targets)
+        hints = typing.get_type_hints(type(self))
+        for f in self.param_fields():
+            v = getattr(self, f.name)
+            rule, nullable = _type_rule(hints.get(f.name))
+            if v is None and nullable:
+                continue
+            valid = f.metadata.get("valid")
+            if (rule and not rule.ok(v)) or (valid and not valid.ok(v)):
+                raise ConfigError(f"{f.name}={v!r} is invalid; valid: {(valid or rule).text}")
+        self.check()
+
+    # ---- configuration -------------------------------------------------------------------------
+    @classmethod
+    def param_fields(cls) -> list[dataclasses.Field]:
+        """The compressor's own parameters (every field but ``targets``)."""
+        return [f for f in dataclasses.fields(cls) if f.name != "targets"]
+
+    def check(self) -> None:
+        """Rules between parameters (a subclass raises ConfigError naming the value and the valid choices)."""
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.param_fields()}
+
+    def level(self) -> str:
+        """Short label of the compression level, used as a row of the sensitivity table."""
+        return ",".join(f"{k}={v}" for k, v in self.params().items()) or "-"
+
+    # ---- capabilities --------------------------------------------------------------------------
+    def needs_calibration(self) -> bool:
+        """True if ``compress`` needs calibration token ids."""
+        return False
+
+    def storage(self) -> Storage:
+        """What the compressed-weights cache stores for this configuration (see :class:`Storage`)."""
+        return Storage.NONE
+
+    def prunes(self) -> bool:
+        """True if the zeros this compressor sets must stay zero through later stages of a composition."""
+        return False
+
+    def keep_zeros(self, masks: dict[str, torch.Tensor]) -> None:
+        """Weights where ``masks[name]`` is True must stay zero (set by ``compose`` before a later stage runs;
+        ``compose`` re-applies the masks afterwards, so a stage only overrides this to compensate, as GPTQ)."""
+
+    def touched_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Every Linear whose parameters ``compress`` may change (what the weights cache stores)."""
+        return target_linears(model, self.targets)
+
+    # ---- work ----------------------------------------------------------------------------------
+    def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
+        """Compress ``model`` in place. ``calib`` is a LongTensor [n_samples, seqlen] of token ids
+        when ``needs_calibration()``. Returns facts worth logging (achieved sparsity, bits, ...)."""
+        raise NotImplementedError
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (anything else unchanged)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def build(cfg: Any) -> Compressor:
+    """A compressor from a mapping with ``name``, its parameters and optionally ``targets``. Raises
+    ConfigError for an unknown name, an unknown key or a bad value."""
+    params = dict(plain(cfg))
+    name = params.pop("name", None)
+    cls = get(name)
+    names = [f.name for f in cls.param_fields()]
+    if unknown := sorted(set(params) - set(names) - {"targets"}):
+        raise ConfigError(f"compressor {name!r} does not take {unknown}; its parameters are: {names or 'none'}")
+    return cls(**params)
