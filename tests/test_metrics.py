@@ -132,3 +132,31 @@ def test_late_slope_ignores_the_early_positions():
     s, curve = summarize({"kl": kl, "nll_p": kl * 0, "nll_q": kl * 0, "agree": kl * 0})
     assert s["kl_slope"] < 0.0  # the all-bins slope is dominated by the early positions
     assert s["kl_slope_late"] == pytest.approx(0.02, rel=0.05)
+
+
+def test_registry_names_every_summary_key_once():
+    from lcc.metrics import registry
+
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.random((3, 700)) for k in ("kl", "nll_p", "nll_q", "agree")}
+    s, curve = summarize(arrays)
+    keys = registry.summary_keys()
+    assert list(s) == keys and len(set(keys)) == len(keys)
+    assert set(curve[0]) == {"bin_lo", "bin_hi", "log2_pos"} | {
+        k for m in registry.METRICS if m.curve for k in (m.name, m.se if m.curve_se else None) if k}
+    assert registry.log_line(s).startswith(f"KL {s['kl_mean']:.4g} ± {s['kl_se']:.2g}  slope")
+
+
+def test_a_per_prompt_metric_plugs_into_the_registry(monkeypatch):
+    """A task metric (accuracy over prompts) is one Series and one Metric: summarize, the log line and the
+    table list pick it up; the prompt is its unit of uncertainty."""
+    from lcc.metrics import registry
+    from lcc.metrics.registry import Metric, Series, binomial
+
+    monkeypatch.setattr(registry, "SERIES", [*registry.SERIES, Series("correct", "answered exactly", per="prompt")])
+    monkeypatch.setattr(registry, "METRICS", [*registry.METRICS, Metric(
+        "acc", "correct", binomial, "accuracy", se="acc_se", table=True, log="acc {v:.2f}")])
+    s, curve = summarize({"correct": np.array([1.0, 0.0, 1.0, 1.0, np.nan])})
+    assert s == {"acc": 0.75, "acc_se": pytest.approx(math.sqrt(0.75 * 0.25 / 4))} and curve == []
+    assert registry.log_line(s) == "acc 0.75"
+    assert "acc" in [m.name for m in registry.table_metrics()] and "acc_se" in registry.summary_keys()

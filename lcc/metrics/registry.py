@@ -10,6 +10,14 @@
 
 ``summarize`` (lcc.metrics.summary), the curve table of a job, lcc.reduce and the logger read these lists; a new
 metric is one entry here (and, if it is a new quantity, one ``Series``). Definitions: docs/metrics.md.
+
+A task's accuracy is a per-prompt series plus its metric, e.g.::
+
+    Series("passkey_correct", "passkey answered exactly", per="prompt")
+    Metric("passkey_acc", "passkey_correct", binomial, "passkey accuracy", se="passkey_acc_se", table=True,
+           log="passkey {v:.3f}")
+
+``summarize`` aggregates it across prompts (the prompt is its unit of uncertainty, as the document is for KL).
 """
 from __future__ import annotations
 
@@ -61,6 +69,26 @@ Aggregation = Callable[[np.ndarray, Context], tuple[Any, Any]]
 def mean_over_units(values: np.ndarray, ctx: Context) -> tuple[Any, Any]:
     """Per unit (document: mean over its positions; prompt: its value), then mean ± SE across units."""
     return mean_se(values.mean(axis=1) if values.ndim == 2 else values)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def prompt_mean(values: np.ndarray, ctx: Context | None) -> tuple[Any, Any]:
+    """A per-prompt quantity (undefined prompts, NaN, left out): mean ± SE across prompts."""
+    x = _finite(values)
+    return mean_se(x) if len(x) else (float("nan"), float("nan"))
+
+
+def binomial(values: np.ndarray, ctx: Context | None) -> tuple[Any, Any]:
+    """A per-prompt 0/1 outcome (accuracy): the proportion p ± sqrt(p(1-p)/n)."""
+    x = _finite(values)
+    if not len(x):
+        return float("nan"), float("nan")
+    p = x.mean()
+    return p, math.sqrt(p * (1 - p) / len(x))
 
 
 def pooled(fn: Callable[[np.ndarray], Any]) -> Aggregation:
