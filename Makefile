@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# A small sweep on the embedded real model (SmolLM2-135M, CPython docs), then its sensitivity table.
+# A small sweep on the embedded real model (SmolLM2-135M, CPython docs). The sweep ends with its reduce
+# (tables, tidy curves, plots/*.png|pdf, an offline W&B reduce run); then print its sensitivity table.
 demo: venv
 	$(PY) -m lcc.sweep -m compressor=quant,magnitude ctx=1k,2k n_docs=3 hydra.sweep.dir=$(DEMO_DIR)
-	$(PY) -m lcc.reduce $(DEMO_DIR)
+	@cat $(DEMO_DIR)/sensitivity.md
+	@echo "figures: $(DEMO_DIR)/plots/kl_vs_position.png $(DEMO_DIR)/plots/sensitivity.png (and .pdf)"
 
 # The whole test suite, slow and SLURM tests included (the SLURM test starts a one-node cluster as root).
 test: venv
@@ -42,4 +44,4 @@ slurm:
 	bash scripts/slurm_cluster.sh
 
 clean:
-	rm -rf $(VENV) .cache multirun outputs .pytest_cache
+	rm -rf $(VENV) .cache multirun outputs .pytest_cache build dist

@@ -1,9 +1,12 @@
-"""``python -m lcc.reduce <sweep_dir>``: join every job's files into sensitivity tables and plots.
+"""``python -m lcc.reduce <sweep_dir>`` (or ``lcc-reduce``): join every job's files into sensitivity tables,
+a tidy curves file and figures; with ``--wandb``, also a W&B reduce run.
 
-Reads files only (``lcc_jobs.json``, ``*/result.json``, ``*/curve.parquet``). Writes into the sweep dir:
-``sensitivity.csv`` (one row per finished job, all summary numbers), ``sensitivity.md`` (KL ± SE and
-slope ± SE, rows model x compressor x level, columns ctx, plus failed/missing jobs),
-``plots/<job>.png`` (KL vs position, log x) and ``plots/kl_vs_position.png`` (all jobs, binned).
+Reads files only (``lcc_jobs.json``, ``*/result.json``). Writes into the sweep dir:
+``sensitivity.csv`` (one row per finished job, all summary numbers), ``sensitivity.md`` and
+``sensitivity.tex`` (KL ± SE, slopes ± SE, top-1 agreement, ΔNLL; rows model x data x compressor x level,
+columns ctx; the .md also lists failed/missing jobs), ``curves.parquet`` / ``curves.csv`` (one row per job x
+octave bin, with the job's config keys) and ``plots/kl_vs_position.{png,pdf}`` and
+``plots/sensitivity.{png,pdf}`` (lcc/figures.py).
 """
 from __future__ import annotations
 
@@ -16,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from lcc.io import atomic_write, read_json
+from lcc.names import SUMMARY_COLS, TABLES, ctx_label
 
 log = logging.getLogger(__name__)
-SUMMARY_COLS = ["kl_mean", "kl_se", "kl_slope", "kl_slope_se", "kl_slope_late", "kl_slope_late_se", "kl_median", "kl_p90", "kl_p99", "kl_max",
-                "top1_agree", "top1_agree_se", "delta_nll", "delta_nll_se", "ppl_dense", "ppl_compressed",
-                "n_docs", "n_positions"]
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
@@ -53,10 +54,6 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def ctx_label(tokens: int) -> str:
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
-
-
 def pm(m: float, se: float, digits: int = 3) -> str:
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "–"
@@ -73,63 +70,13 @@ def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     ok["ctx"] = ok["ctx"].astype(int)
     ok = ok.sort_values("ctx")
     out = {}
-    for name, m, se in [("mean KL (nats/token) ± SE", "kl_mean", "kl_se"),
-                        ("KL slope per doubling of position ± SE", "kl_slope", "kl_slope_se"),
-                        ("KL slope per doubling, positions >= 512 only ± SE", "kl_slope_late",
-                         "kl_slope_late_se"),
-                        ("top-1 agreement", "top1_agree", "top1_agree_se"),
-                        ("ΔNLL = ln(PPL_c / PPL_d) ± SE", "delta_nll", "delta_nll_se")]:
+    for name, m, se in [(t.label, t.key, t.se) for t in TABLES]:
         ok["cell"] = [pm(a, b) for a, b in zip(ok[m], ok[se])]
         t = ok.pivot_table(index=["model", "data", "compressor", "level"], columns="ctx", values="cell",
                            aggfunc="first")
         t.columns = [ctx_label(c) for c in t.columns]
         out[name] = t.fillna("–")  # a combination that was not run (or did not finish) at this ctx
     return out
-
-
-def plot_jobs(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = df[df.status == "ok"]
-    plots = sweep_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    written = []
-    fig_all, ax_all = plt.subplots(figsize=(8, 5))
-    for _, r in ok.iterrows():
-        job_dir = sweep_dir / r.job
-        res = read_json(job_dir / "result.json")
-        bins = pd.DataFrame(res["curve"])
-        label = f"{r.compressor} {r.level} ctx={ctx_label(int(r.ctx))}"
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        curve_file = job_dir / "curve.parquet"
-        if curve_file.exists():
-            c = pd.read_parquet(curve_file)
-            ax.plot(c.position, c.kl_mean, lw=0.5, alpha=0.35, label="per position (mean over docs)")
-        centers = 2 ** bins.log2_pos
-        ax.errorbar(centers, bins.kl_mean, yerr=bins.kl_se.fillna(0), marker="o", capsize=3,
-                    label="octave bins ± SE")
-        ax.set(xscale="log", xlabel="position (tokens of context)", ylabel="KL(P_dense || Q) [nats]",
-               title=f"{r.model}: {label}")
-        ax.legend()
-        fig.tight_layout()
-        path = plots / f"{r.job.replace('/', '_')}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
-        written.append(path)
-        ax_all.errorbar(centers, bins.kl_mean, yerr=bins.kl_se.fillna(0), marker="o", ms=3, capsize=2,
-                        label=label)
-    if len(ok):
-        ax_all.set(xscale="log", yscale="log", xlabel="position (tokens of context)",
-                   ylabel="KL(P_dense || Q) [nats], octave bins", title="KL vs position, all jobs")
-        ax_all.legend(fontsize=7)
-        fig_all.tight_layout()
-        path = plots / "kl_vs_position.png"
-        atomic_write(path, lambda tmp: fig_all.savefig(tmp, dpi=110, format="png"))
-        written.append(path)
-    plt.close(fig_all)
-    return written
 
 
 def status_line(df: pd.DataFrame) -> str:
@@ -139,7 +86,35 @@ def status_line(df: pd.DataFrame) -> str:
     return f"{len(df)} jobs: " + ", ".join(parts)
 
 
-def reduce(sweep_dir: str | Path, plots: bool = True) -> tuple[pd.DataFrame, str]:
+def write_outputs(sweep_dir: Path, df: pd.DataFrame, tables: dict[str, pd.DataFrame],
+                  plots: bool = True) -> list[Path]:
+    """The files beside sensitivity.csv/.md: the LaTeX tables, the tidy curves file, the figures."""
+    from lcc.outputs import latex_tables, tidy_curves, variant_levels, write_tidy
+
+    ok = df[df.status == "ok"]
+    if ok.empty:
+        return []
+    labels = {t.label: t.slug for t in TABLES}
+    written = [atomic_write(sweep_dir / "sensitivity.tex",
+                            lambda tmp: Path(tmp).write_text(latex_tables(tables, labels)))]
+    bins = tidy_curves(sweep_dir, ok)
+    written += write_tidy(sweep_dir, bins)
+    if plots:
+        from lcc import figures
+
+        lines = variant_levels(bins)  # a figure line per job: level (+ any key that tells jobs apart)
+        bins = bins.assign(level=bins.job.map(lines))
+        ok = ok.assign(level=ok.job.map(lines))
+        (sweep_dir / "plots").mkdir(exist_ok=True)
+        written += figures.kl_vs_position(bins, ok, sweep_dir / "plots" / "kl_vs_position")
+        written += figures.sensitivity(ok, sweep_dir / "plots" / "sensitivity")
+    return written
+
+
+def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
+           wandb_overrides: dict | None = None) -> tuple[pd.DataFrame, str]:
+    """Tables, tidy curves and figures of a sweep dir. ``wandb``: True logs a W&B reduce run; ``"auto"``
+    logs one when the sweep's jobs logged to W&B (their ``logger.kind``), as at the end of a sweep."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SystemExit(f"lcc.reduce: {sweep_dir} is not a directory")
@@ -147,7 +122,8 @@ def reduce(sweep_dir: str | Path, plots: bool = True) -> tuple[pd.DataFrame, str
     if df.empty:
         raise SystemExit(f"lcc.reduce: no jobs found under {sweep_dir} (no lcc_jobs.json, no */result.json)")
     lines = [f"# Sensitivity: {sweep_dir}", "", status_line(df), ""]
-    for name, t in sensitivity_tables(df).items():
+    tables = sensitivity_tables(df)
+    for name, t in tables.items():
         lines += [f"## {name}", "", t.reset_index().to_markdown(index=False), ""]
     bad = df[df.status != "ok"]
     if len(bad):
@@ -159,26 +135,35 @@ def reduce(sweep_dir: str | Path, plots: bool = True) -> tuple[pd.DataFrame, str
     cols = [c for c in ["job", "model", "data", "compressor", "level", "ctx"] + SUMMARY_COLS if c in df]
     atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok[cols].to_csv(tmp, index=False))
     atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))
-    if plots and len(ok):
-        plot_jobs(sweep_dir, df)
+    files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]
+    files += write_outputs(sweep_dir, df, tables, plots=plots)
+    if wandb:
+        from lcc.logger import log_reduce, sweep_logger, wandb_defaults
+
+        lg = sweep_logger(sweep_dir, ok, wandb_overrides or {})
+        if lg is None and wandb is True:  # forced, though no job logged to W&B: lcc's logger defaults
+            lg = {**wandb_defaults(), "kind": "wandb"}
+        if lg is not None:
+            log_reduce(sweep_dir, lg, df, tables, files)
     return df, text
 
 
-def print_sweep_status() -> None:
-    """Called when ``lcc.sweep`` exits after a multirun: one line with the ok/failed/missing count."""
-    import lcc.sweep
-
-    d = lcc.sweep.LAST_SWEEP_DIR
-    if d is not None and d.is_dir():
-        print(f"lcc sweep {d}: {status_line(collect(d))}. Tables: python -m lcc.reduce {d}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lcc.reduce", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="lcc-reduce", description=__doc__.split("\n")[0].replace("``", ""))
     ap.add_argument("sweep_dir", help="a sweep directory, e.g. multirun/2026-11-23_10-00-00")
-    ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--no-plots", action="store_true", help="tables and the tidy file only, no figures")
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log a W&B reduce run (job_type=reduce) into the sweep's group: tables, figures, "
+                         "files as an artifact; project/entity/mode/group from the jobs' logger config")
+    ap.add_argument("--wandb-mode", choices=["offline", "online"], help="override the jobs' logger.mode")
+    ap.add_argument("--wandb-project", help="override the jobs' logger.project")
+    ap.add_argument("--wandb-entity", help="override the jobs' logger.entity")
     args = ap.parse_args(argv)
-    df, text = reduce(args.sweep_dir, plots=not args.no_plots)
+    over = {k: v for k, v in (("mode", args.wandb_mode), ("project", args.wandb_project),
+                              ("entity", args.wandb_entity)) if v is not None}
+    if over and not args.wandb:
+        ap.error("--wandb-mode/--wandb-project/--wandb-entity need --wandb")
+    df, text = reduce(args.sweep_dir, plots=not args.no_plots, wandb=args.wandb, wandb_overrides=over)
     print(text)
     return 0 if (df.status == "ok").all() else 1
 

@@ -14,8 +14,6 @@ import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's Confi
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
-#: set by the lcc sweeper in a multirun, read at exit to print the ok/failed count
-LAST_SWEEP_DIR: Path | None = None
 
 
 def job_subdir(override_dirname: str, num: int) -> str:
@@ -40,11 +38,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    try:
-        main()
-    finally:
-        from lcc.reduce import print_sweep_status
-        print_sweep_status()
+    """The ``lcc-sweep`` console command (same as ``python -m lcc.sweep``; Hydra's tab completion works with
+    it: ``eval "$(lcc-sweep -sc install=bash)"``). In a multirun, the lcc sweeper prints the sweep's status
+    line and reduces it when the launcher is done."""
+    main()
 
 
 if __name__ == "__main__":

@@ -20,9 +20,15 @@ def make_cfg(overrides: list[str], output_dir: str | Path | None = None):
         return compose("sweep", overrides=list(overrides) + extra)
 
 
-def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None, timeout: int = 900):
-    """Run ``python -m <module> args`` in a subprocess; returns CompletedProcess (text)."""
+def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None, timeout: int = 900,
+            env: dict | None = None):
+    """Run ``python -m <module> args`` in a subprocess (``env``: extra environment variables, None removes
+    one); returns CompletedProcess (text)."""
+    extra = env or {}
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    env.update({k: v for k, v in extra.items() if v is not None})
+    for k in [k for k, v in extra.items() if v is None]:
+        env.pop(k, None)
     env.pop("HYDRA_FULL_ERROR")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)

@@ -1,5 +1,5 @@
 """End-to-end check of the local SLURM cluster: submitit submits a python function, SLURM runs it;
-a Hydra app launches through lcc/conf/hydra/launcher/submitit_slurm.yaml.
+a Hydra app launches through lcc/conf/launcher/slurm.yaml.
 
 Run: ``python -m pytest tests/test_slurm_cluster.py -x -q`` (as root; starts the cluster if needed).
 The launcher-config schema check at the bottom needs no cluster and is not marked slurm/slow.
@@ -79,7 +79,7 @@ if __name__ == "__main__":
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_hydra_submitit_slurm_launcher(slurm_cluster, tmp_path):
-    """A Hydra multirun through the repo's lcc/conf/hydra/launcher/submitit_slurm.yaml runs each job in SLURM."""
+    """A Hydra multirun through lcc's launcher preset (lcc/conf/launcher/slurm.yaml) runs each job in SLURM."""
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text(textwrap.dedent(f"""\
         x: 0
@@ -91,11 +91,12 @@ def test_hydra_submitit_slurm_launcher(slurm_cluster, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "app.py", "-m", "x=1,2", "hydra/launcher=submitit_slurm",
+        [sys.executable, "app.py", "-m", "x=1,2", "+launcher=slurm",
          f"hydra.launcher.partition={slurm_cluster}", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
          "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=30"],  # signal at timeout - delay
         cwd=tmp_path, env={**os.environ, "OUT_DIR": str(out)}, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ConfigStore schema" not in proc.stderr and "deprecated" not in proc.stderr
     for x in (1, 2):
         job_id, partition = (out / f"x{x}.txt").read_text().split()
         assert job_id.isdigit() and partition == slurm_cluster
@@ -103,15 +104,18 @@ def test_hydra_submitit_slurm_launcher(slurm_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["slurm", "local"])
-def test_launcher_configs_match_plugin_schema(kind):
-    """lcc/conf/hydra/launcher/submitit_<kind>.yaml only uses the plugin's field names, with valid types."""
+def test_launcher_presets_match_plugin_schema(kind):
+    """lcc/conf/launcher/<kind>.yaml selects the plugin's launcher (lcc_slurm: the plugin's SlurmLauncher with
+    srun_args) and sets only field names of its schema, with valid types."""
     from hydra_plugins.hydra_submitit_launcher import config as plugin
+    from hydra_plugins.lcc_sweeper.lcc_launcher import LccSlurmQueueConf
     from omegaconf import OmegaConf
 
-    schema = OmegaConf.structured(plugin.SlurmQueueConf if kind == "slurm" else plugin.LocalQueueConf)
-    yaml = OmegaConf.load(REPO / "lcc" / "conf" / "hydra" / "launcher" / f"submitit_{kind}.yaml")
-    assert "defaults" not in yaml  # same name as the schema node: a defaults entry to it would recurse
-    merged = OmegaConf.merge(schema, yaml)  # raises on an unknown key or a wrong type
-    assert merged._target_ == schema._target_
-    raw = OmegaConf.to_container(yaml, resolve=False)
+    schema = OmegaConf.structured(LccSlurmQueueConf if kind == "slurm" else plugin.LocalQueueConf)
+    yaml = OmegaConf.load(REPO / "lcc" / "conf" / "launcher" / f"{kind}.yaml")
+    assert list(yaml.defaults) == [{"override /hydra/launcher": "lcc_slurm" if kind == "slurm" else "submitit_local"}]
+    merged = OmegaConf.merge(schema, yaml.hydra.launcher)  # raises on an unknown key or a wrong type
+    assert merged._target_ == (plugin.SlurmQueueConf if kind == "slurm" else plugin.LocalQueueConf)._target_
+    raw = OmegaConf.to_container(yaml.hydra.launcher, resolve=False)
     assert raw["submitit_folder"] == "${hydra.sweep.dir}/.submitit/%j"
+    assert not (REPO / "lcc" / "conf" / "hydra" / "launcher").exists()  # no file named like a plugin's schema node

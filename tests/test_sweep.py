@@ -61,20 +61,25 @@ def test_finished_job_is_skipped_and_failed_job_records_traceback(tmp_path, capl
 @pytest.mark.slow
 def test_2x2_multirun_with_submitit_local_then_reduce(tmp_path):
     sweep = tmp_path / "sweep"
-    p = run_cli("-m", "hydra/launcher=submitit_local", "model=tiny", "logger=none", "n_docs=3",
+    p = run_cli("-m", "launcher=local", "model=tiny", "logger=none", "n_docs=3",
                 "compressor=quant,magnitude", "ctx=1k,2k", f"hydra.sweep.dir={sweep}")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "4 jobs: 4 ok, 0 failed, 0 missing" in p.stderr
+    assert "ConfigStore schema" not in p.stderr and "deprecated" not in p.stderr  # the preset warns of nothing
     results = sorted(sweep.glob("*/result.json"))
-    assert len(results) == 4
+    assert len(results) == 4 and not [r for r in results if "launcher" in r.parent.name]
+    assert list((sweep / ".submitit").rglob("*_log.out"))  # the jobs ran through submitit
+    # the sweep ended with its reduce (logger=none: no W&B reduce run)
+    assert (sweep / "sensitivity.md").exists() and not (sweep / "wandb").exists()
     df, text = reduce(sweep)
     table = pd.read_csv(sweep / "sensitivity.csv")
     assert len(table) == 4 and table.kl_mean.notna().all() and (table.kl_mean > 0).all()
     assert table.kl_se.notna().all() and (table.kl_se > 0).all()
     assert set(table.ctx) == {1024, 2048} and set(table.compressor) == {"quant", "magnitude"}
     assert "| 1k" in text and "| 2k" in text and "±" in text
+    assert sorted(f.name for f in (sweep / "plots").iterdir()) == [
+        "kl_vs_position.pdf", "kl_vs_position.png", "sensitivity.pdf", "sensitivity.png"]
     assert (sweep / "plots" / "kl_vs_position.png").stat().st_size > 1000
-    assert len(list((sweep / "plots").glob("*.png"))) == 5
     # the CLI prints the same table and exits 0 when every job is ok
     p2 = run_cli(str(sweep), module="lcc.reduce")
     assert p2.returncode == 0 and "mean KL" in p2.stdout
@@ -128,9 +133,13 @@ def test_study_experiment_runs_its_whole_grid_in_one_command(tmp_path):
 def test_a_second_launch_into_the_same_sweep_dir_extends_the_manifest(tmp_path):
     sweep = tmp_path / "sweep"
     base = ["-m", "model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256", f"hydra.sweep.dir={sweep}"]
-    assert run_cli(*base, "compressor=quant").returncode == 0
-    assert run_cli(*base, "compressor=magnitude,quant").returncode == 0
+    p = run_cli(*base, "compressor=quant", "hydra.sweeper.reduce=false")
+    assert p.returncode == 0 and "1 jobs: 1 ok, 0 failed, 0 missing" in p.stderr
+    assert not (sweep / "sensitivity.md").exists()  # the end-of-sweep reduce was switched off
+    p = run_cli(*base, "compressor=magnitude,quant", "hydra.sweeper.max_batch_size=1")  # two batches of one
+    assert p.returncode == 0 and "2 jobs: 2 ok, 0 failed, 0 missing" in p.stderr
     jobs = json.loads((sweep / "lcc_jobs.json").read_text())["jobs"]
     assert sorted(j["dir"] for j in jobs) == sorted({j["dir"] for j in jobs}) and len(jobs) == 2
+    assert (sweep / "sensitivity.md").exists() and "2 jobs: 2 ok" in (sweep / "sensitivity.md").read_text()
     df, _ = reduce(sweep, plots=False)
     assert sorted(df.status) == ["ok", "ok"]
