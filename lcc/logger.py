@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lcc.names import (BIN_KEYS, CURVE_KEYS, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
-                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_X, WANDB_X_LOG2, ctx_label)
+from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
+                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label)
 from lcc.outputs import flatten  # noqa: F401  (re-exported: lcc.logger.flatten)
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def history_rows(result: dict, curve: pd.DataFrame | None) -> list[dict]:
         lp = b["log2_pos"]
         row = {WANDB_X: 2.0 ** lp, WANDB_X_LOG2: lp}
         row.update({f"{WANDB_BIN}{k}": b[k] for k in BIN_KEYS if k != "log2_pos" and _finite(b.get(k))})
-        if _finite(b.get("kl_se")):
-            row[f"{WANDB_BIN}kl_lo"] = b["kl_mean"] - b["kl_se"]
-            row[f"{WANDB_BIN}kl_hi"] = b["kl_mean"] + b["kl_se"]
+        m, se = FIG_CURVE.key, FIG_CURVE.se  # the KL band of the dashboard's KL-vs-position panel
+        if _finite(b.get(se)):
+            row[f"{WANDB_BIN}kl_lo"] = b[m] - b[se]
+            row[f"{WANDB_BIN}kl_hi"] = b[m] + b[se]
         rows.append(row)
     if curve is not None and len(curve):
         for _, r in log_spaced(curve).iterrows():
@@ -138,7 +139,7 @@ def log_result(cfg, result: dict, out: Path) -> None:
             curve = pd.read_parquet(curve_file) if curve_file.exists() else None
             for row in history_rows(result, curve):
                 run.log(row)
-            run.summary.update({**{k: v for k, v in result["summary"].items()},
+            run.summary.update({**{k: v for k, v in result["summary"].items() if k in WANDB_SUMMARY},
                                 **{f"time/{k}": v for k, v in result["timings"].items()},
                                 "level": result["level"], "compressor": result["compressor"],
                                 "ctx": result["ctx"], "model": result["model"]})

@@ -93,11 +93,13 @@ def test_defaults_live_in_python_only(name):
 
     node = OmegaConf.to_container(make_cfg([f"compressor={name}"]).compressor)
     cls = REGISTRY[name]
-    fields = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)  # type: ignore[misc]
+    fields = {f.name: f.metadata.get("config")
+              or (f.default_factory() if callable(f.default_factory) else f.default)  # type: ignore[misc]
               for f in cls.param_fields()}
     assert node == {"name": name, "targets": {"modules": None, "layers": None, "lm_head": False}, **fields}
     assert not (ROOT / "lcc" / "conf" / "compressor").exists()
-    assert build(node).params() == build({"name": name}).params()
+    resolved = OmegaConf.to_container(make_cfg([f"compressor={name}"]).compressor, resolve=True)
+    assert build(resolved).params() == build({"name": name}).params()
 
 
 @pytest.mark.parametrize("cfg,needle", [
@@ -114,8 +116,14 @@ def test_values_are_checked_on_construction(cfg, needle):
 
 
 def test_nm_sparsity_can_be_left_out():
+    """Left out, sparsity is the one N:M implies (or 0.5), and the resolved config records that value."""
+    from omegaconf import OmegaConf
+
     assert build({"name": "magnitude", "nm_n": 1, "nm_m": 4}).sparsity == 0.75
     assert build({"name": "wanda"}).sparsity == 0.5 and build({"name": "wanda"}).level() == "sparsity=0.5"
+    cfg = make_cfg(["compressor=wanda", "compressor.nm_n=1", "compressor.nm_m=4"]).compressor
+    assert OmegaConf.to_container(cfg, resolve=True)["sparsity"] == 0.75 and build(cfg).level() == "1:4"
+    assert OmegaConf.to_container(make_cfg(["compressor=magnitude"]).compressor, resolve=True)["sparsity"] == 0.5
 
 
 NEW_MODULE = '''

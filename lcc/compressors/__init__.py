@@ -26,6 +26,8 @@ def validate(cfg: Any) -> None:
 
 
 def _node_default(f: dataclasses.Field) -> dict:
+    if f.metadata.get("config") is not None:
+        return {"default": f.metadata["config"]}
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return {"default_factory": f.default_factory}
     return {"default": f.default}

@@ -13,6 +13,7 @@ def describe() -> str:
         lines += [f"{name}  ({cls.__module__}.{cls.__qualname__})", textwrap.indent(textwrap.fill(doc, 100), "    ")]
         for f in cls.param_fields():
             default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            default = f.metadata.get("config") or default
             valid = f.metadata.get("valid")
             text = f.metadata.get("doc", "") + (f" [valid: {valid.text}]" if valid else "")
             lines.append(f"    {f.name} = {default!r}: {text}")

@@ -93,9 +93,12 @@ _TYPE_RULES: dict[Any, Valid] = {
 
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", valid: Valid | None = None, *,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A compressor parameter: a dataclass field with its documentation and its valid values."""
-    return field(default=default, default_factory=default_factory, metadata={"doc": doc, "valid": valid})
+          default_factory: Any = dataclasses.MISSING, config: str | None = None) -> Any:
+    """A compressor parameter: a dataclass field with its documentation and its valid values. ``config``: an
+    OmegaConf interpolation that replaces the default in the Hydra schema, for a default that depends on other
+    parameters, so that a job's resolved config records the value used (e.g. N:M's sparsity)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"doc": doc, "valid": valid, "config": config})
 
 
 def _type_rule(annotation: Any) -> tuple[Valid | None, bool]:

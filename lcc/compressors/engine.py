@@ -13,9 +13,9 @@ The loop follows the reference implementations (locuslab/wanda ``lib/prune.py``,
    ``use_cache`` is forced off. A private exception stops the forward early.
 2. for each block of the targeted layer range: hooks on its targeted Linear layers hand every input to the
    statistics (``Stats.add_batch``), the block runs over all samples, the rule compresses each Linear from
-   its statistic (``rule(name, linear, stats.pop(name))``), then the block runs again so that the next block sees the *compressed* outputs
-   (``propagate=True``, as in the references). With ``propagate=False`` the next block gets the dense
-   outputs of the statistics pass instead.
+   its statistic (``rule(name, linear, stats.pop(name))``), then the block runs again so that the next
+   block sees the *compressed* outputs (``propagate=True``, as in the references). With ``propagate=False``
+   the next block gets the dense outputs of the statistics pass instead.
 
 Blocks before the targeted range are only run forward. Calibration activations live on the model's
 device unless they are large (more than ``OFFLOAD_BYTES``), then on CPU and moved one sample at a time.

@@ -49,11 +49,27 @@ def _sparsity_facts(lins: dict[str, torch.nn.Linear]) -> dict[str, Any]:
     return {"sparsity_achieved": zeros / max(total, 1), "n_linears": len(lins)}
 
 
+def nm_sparsity(n: int, m: int) -> float:
+    """The sparsity of N:M (``1 - n/m``), or of unstructured pruning left at its default (0.5)."""
+    return 1 - n / m if m else 0.5
+
+
+def _register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("lcc_nm_sparsity"):  # the Hydra default of sparsity: the value it means
+        OmegaConf.register_new_resolver("lcc_nm_sparsity", lambda n, m: nm_sparsity(int(n), int(m)))
+
+
+_register_resolver()
+
+
 class NMPruner(Compressor):
     """Base of the pruners that take ``sparsity`` or N:M structure (magnitude, wanda, sparsegpt)."""
 
-    sparsity: float | None = param(None, "fraction of weights set to zero; null = 0.5, or 1 - nm_n/nm_m with "
-                                         "N:M (a given value must equal it)", fraction())
+    sparsity: float | None = param(None, "fraction of weights set to zero; left out: 0.5, or 1 - nm_n/nm_m with "
+                                         "N:M (a given value must equal it)", fraction(),
+                                   config="${lcc_nm_sparsity:${.nm_n},${.nm_m}}")
     nm_n: int = param(0, "N:M structured sparsity: KEEP nm_n non-zeros in every nm_m consecutive input weights "
                          "(2:4 -> nm_n=2, nm_m=4); both 0 = unstructured", ints(0, 1 << 16))
     nm_m: int = param(0, "group width of N:M (0 = unstructured). NB: the Wanda/SparseGPT scripts' prune_n "
@@ -70,7 +86,7 @@ class NMPruner(Compressor):
         if m and self.sparsity is not None and abs(float(self.sparsity) - (1 - n / m)) > 1e-9:
             raise ConfigError(f"sparsity={self.sparsity!r} contradicts N:M {n}:{m} (which prunes {1 - n / m:g}); "
                               f"set sparsity={1 - n / m:g} or leave it out")
-        self.sparsity = 1 - n / m if m else (0.5 if self.sparsity is None else self.sparsity)
+        self.sparsity = nm_sparsity(n, m) if m or self.sparsity is None else self.sparsity
 
     def level(self) -> str:
         return f"{self.nm_n}:{self.nm_m}" if self.nm_m else f"sparsity={self.sparsity}"

@@ -131,23 +131,29 @@ class Metric:
     wandb: bool = True  # in the W&B run summary
     log: str | None = None  # its part of the job's log line: format with {v} (and {se})
     exact: bool = False  # an integer count, not a float statistic
+    slug: str | None = None  # file- and W&B-key-safe name of its table (default: ``name``)
+
+    @property
+    def table_slug(self) -> str:
+        return self.slug or self.name
 
 
 #: the order of a job's summary, of sensitivity.csv's columns and of reduce's tables
 METRICS: list[Metric] = [
     Metric("kl_mean", "kl", mean_over_units, "mean KL (nats/token)", se="kl_se", table=True, curve=True,
-           log="KL {v:.4g} ± {se:.2g}"),
+           log="KL {v:.4g} ± {se:.2g}", slug="mean_kl"),
     Metric("kl_slope", "kl", slope(), "KL slope per doubling of position", se="kl_slope_se", table=True,
            log="slope {v:.3g}"),
-    Metric("kl_slope_late", "kl", slope(late_from=LATE_FROM), f"KL slope per doubling, positions >= {LATE_FROM} only", se="kl_slope_late_se",
-           table=True),
+    Metric("kl_slope_late", "kl", slope(late_from=LATE_FROM), f"KL slope per doubling, positions >= {LATE_FROM} only",
+           se="kl_slope_late_se", table=True),
     Metric("kl_median", "kl", pooled(np.median), "median token KL"),
     Metric("kl_p90", "kl", pooled(lambda v: np.quantile(v, 0.90)), "90th percentile of token KL"),
     Metric("kl_p99", "kl", pooled(lambda v: np.quantile(v, 0.99)), "99th percentile of token KL"),
     Metric("kl_max", "kl", pooled(np.max), "maximum token KL"),
     Metric("top1_agree", "agree", mean_over_units, "top-1 agreement", se="top1_agree_se", table=True, curve=True,
            curve_se=False, log="top1 {v:.3f}"),
-    Metric("delta_nll", "delta_nll", mean_over_units, "ΔNLL = ln(PPL_c / PPL_d)", se="delta_nll_se", table=True, curve=True),
+    Metric("delta_nll", "delta_nll", mean_over_units, "ΔNLL = ln(PPL_c / PPL_d)", se="delta_nll_se", table=True,
+           curve=True),
     Metric("ppl_dense", "nll_p", perplexity, "perplexity of the dense model"),
     Metric("ppl_compressed", "nll_q", perplexity, "perplexity of the compressed model"),
     Metric("n_docs", "kl", count(0), "documents", exact=True),
@@ -169,6 +175,16 @@ def summary_keys() -> list[str]:
 
 def table_metrics() -> list[Metric]:
     return [m for m in METRICS if m.table]
+
+
+def curve_keys() -> list[str]:
+    """The per-bin keys of a job's binned ``curve`` besides the bin's own (bin_lo, bin_hi, log2_pos)."""
+    return [k for m in METRICS if m.curve for k in (m.name, m.se if m.curve_se else None) if k]
+
+
+def position_columns() -> list[str]:
+    """The per-position columns of curve.parquet besides ``position``."""
+    return [s.position_column for s in SERIES if s.position_column]
 
 
 def wandb_keys() -> list[str]:
