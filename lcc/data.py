@@ -6,7 +6,6 @@ non-overlapping slots of ``ctx`` tokens chosen by a seeded permutation, each sco
 """
 from __future__ import annotations
 
-import glob
 import logging
 from typing import Any
 
@@ -33,13 +32,29 @@ def load_texts(cfg: Any) -> list[str]:
         texts = [t for t in ds[cfg.text_field] if t]
         return ["".join(texts)] if cfg.get("join_docs") else texts
     if kind == "text":
-        paths = cfg.paths if not isinstance(cfg.paths, str) else [cfg.paths]
-        files = sorted({f for p in paths for f in glob.glob(str(p))})
-        if not files:
-            raise ConfigError(f"data.paths={list(paths)!r} matches no file")
-        texts = [open(f, encoding="utf-8", errors="replace").read() for f in files]
+        texts = read_text_files(cfg)
         return ["\n\n".join(texts)] if cfg.get("join_docs") else texts
     raise ConfigError(f"data.kind={kind!r} is invalid; valid choices: {', '.join(KINDS)}")
+
+
+def read_text_files(cfg: Any) -> list[str]:
+    """The texts of ``data.paths`` (files or globs, sorted). Every pattern must match, every match must be a
+    file, and a file must be UTF-8 text without NUL bytes unless ``decode_errors: replace`` (then undecodable
+    bytes become U+FFFD). Raises ConfigError naming the pattern or the file."""
+    from lcc.validate import text_file_problem, text_files
+
+    paths = cfg.paths if isinstance(cfg.paths, str) else list(cfg.paths)
+    errors = cfg.get("decode_errors", "strict")
+    files, problems = text_files(paths, "data.paths")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    texts = []
+    for f in files:
+        if errors == "strict" and (why := text_file_problem(f)):
+            raise ConfigError(f"data.paths: {why}; valid: UTF-8 text files (or data.decode_errors=replace)")
+        with open(f, encoding="utf-8", errors="strict" if errors == "strict" else "replace") as fh:
+            texts.append(fh.read())
+    return texts
 
 
 def encode(tokenizer: Any, text: str) -> torch.Tensor:

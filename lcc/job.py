@@ -22,14 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 import lcc
 from lcc import ConfigError, compressors, evaluate
 from lcc.cache import CompressedCache, Compression, DenseCache, DenseReference, settings
-from lcc.io import read_json, write_json, write_parquet, write_safetensors
+from lcc.compressors.base import weight_fingerprint
+from lcc.io import file_records, files_problem, read_json, write_json, write_parquet, write_safetensors
 from lcc.metrics import position_table, summarize
 from lcc.metrics.registry import log_line
+from lcc.validate import VOLATILE_KEYS, context_problem, validate  # noqa: F401  (validate: lcc.job.validate)
 
 log = logging.getLogger(__name__)
 
-#: keys that do not change a job's numbers (where it runs, how it is logged)
-VOLATILE_KEYS = ("output_dir", "logger", "resume", "device", "cache")
+#: the files of a finished job besides result.json; their sizes and checksums are recorded in result.json
+RESULT_FILES = ["tokens.safetensors", "curve.parquet"]
 
 
 def job_config(cfg: DictConfig) -> dict:
@@ -43,36 +45,23 @@ def config_hash(cfg: dict) -> str:
 
 
 def check_context(cfg: DictConfig, max_ctx: int | None) -> None:
-    ctx = cfg.ctx.tokens
-    if max_ctx and ctx > max_ctx and not cfg.allow_long_context:
-        raise ConfigError(f"ctx={ctx} tokens exceeds model {cfg.model.name}'s trained context of {max_ctx}; "
-                          f"choose ctx <= {max_ctx} or set allow_long_context=true")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no model: raise ConfigError naming the bad value and the valid choices."""
-    compressors.validate(cfg.compressor)
-    ctx = cfg.ctx.tokens
-    if not isinstance(ctx, int) or ctx < 2:
-        raise ConfigError(f"ctx.tokens={ctx!r} is invalid; valid: an integer >= 2 (or ctx=1k,2k,...,128k)")
-    check_context(cfg, cfg.model.get("max_context"))
-    if not isinstance(cfg.n_docs, int) or cfg.n_docs < 1:
-        raise ConfigError(f"n_docs={cfg.n_docs!r} is invalid; valid: an integer >= 1")
-    if not isinstance(cfg.chunk_size, int) or cfg.chunk_size < 1:
-        raise ConfigError(f"chunk_size={cfg.chunk_size!r} is invalid; valid: an integer >= 1")
-    from lcc.cache import settings
-    settings(cfg)  # cache.compressed
+    if (why := context_problem(cfg.ctx.tokens, max_ctx, cfg.allow_long_context, cfg.model.name)):
+        raise ConfigError(why)
 
 
 def completed(out: Path, chash: str) -> dict | None:
-    """The finished result in ``out`` if it is complete and was made from the same config."""
+    """The finished result in ``out`` if it is complete, was made from the same config, and every file it
+    lists matches the size and checksum recorded in it (a truncated or edited file makes the job rerun)."""
     try:
         res = read_json(out / "result.json")
     except (OSError, ValueError):
         return None
-    ok = res.get("status") == "ok" and res.get("config_hash") == chash
-    ok = ok and all((out / f).exists() for f in res.get("files", []))
-    return res if ok else None
+    if not isinstance(res, dict) or res.get("status") != "ok" or res.get("config_hash") != chash:
+        return None
+    if (why := files_problem(out, res)):
+        log.warning("finished job in %s is not trusted and runs again: %s", out, why)
+        return None
+    return res
 
 
 def _set_aside_stale(out: Path) -> None:
@@ -119,6 +108,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     caches = settings(cfg)
     m = load_step(cfg)
     data = data_step(cfg, m.tokenizer, comp)
+    comp.check_targets(m.model)  # a target set that selects nothing is an error, not a dense "compressed" result
     dense = dense_step(m.model, data.windows, caches.dense_cache(cfg, m.model, data.windows, m.device, m.dtype))
     head = dense_head(m.model, comp)  # before compression: the dense output head
     compression = compress_step(comp, m.model, data.calib, cfg.seed,
@@ -132,8 +122,9 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
                "compress_cache_s": compression.cache_s, "compressed_forward_s": compared.forward_s,
                "metrics_s": compared.metrics_s, "total_s": time.perf_counter() - t0}
     return {"model": cfg.model.name, "data": cfg.data.name, "ctx": cfg.ctx.tokens, "compressor": comp.name,
-            "level": comp.level(), "compress_info": compression.info, "summary": summary, "curve": curve,
-            "timings": {k: v for k, v in timings.items() if v is not None}, "files": files,
+            "level": comp.level(), "compress_info": compression.info, "weights": compression.weights,
+            "summary": summary, "curve": curve, "timings": {k: v for k, v in timings.items() if v is not None},
+            "files": files, "checksums": file_records(out, files),
             "cache": cache_report(caches.dir, dense, compression)}
 
 
@@ -191,16 +182,26 @@ def dense_head(model, comp: compressors.Compressor):
 
 def compress_step(comp: compressors.Compressor, model, calib: torch.Tensor | None, seed: int = 0,
                   cache: CompressedCache | None = None, uncached: str = "off") -> Compression:
-    """Compress ``model`` in place, or apply its compressed weights from the cache. ``uncached``: the status
-    to report when ``cache`` is None (off, uncacheable, recomputed)."""
+    """Compress ``model`` in place, or apply its compressed weights from the cache; then check that it changed
+    something (``weights``: targeted and changed Linears). ``uncached``: the status to report when ``cache`` is
+    None (off, uncacheable, recomputed)."""
     torch.manual_seed(seed)  # compress() sees the same RNG state whether or not the dense pass ran
+    lins = comp.touched_linears(model)
+    before = {n: weight_fingerprint(m) for n, m in lins.items()}
 
     def compute():
         log.info("compressing with %s (%s)", comp.name, comp.level())
         t = time.perf_counter()
         info = comp.compress(model, calib if comp.needs_calibration() else None) or {}
         return info, time.perf_counter() - t
-    return cache.get_or_compute(compute) if cache else Compression(*compute(), status=uncached)
+    result = cache.get_or_compute(compute) if cache else Compression(*compute(), status=uncached)
+    changed = sum(weight_fingerprint(m) != before[n] for n, m in lins.items())
+    if comp.uses_targets and changed == 0 and not comp.acts_at_runtime():
+        raise ConfigError(f"compressor {comp.name} ({comp.level()}) changed no weight of its {len(lins)} targeted "
+                          f"Linear layers: the model is still the dense one. Use compressor=none for the dense "
+                          f"baseline, or a level that compresses")
+    result.weights = {"targeted_linears": len(lins), "changed_linears": changed}
+    return result
 
 
 @dataclass
@@ -226,7 +227,7 @@ def write_step(out: Path, compared: Compared) -> list[str]:
     write_safetensors(out / "tokens.safetensors", compared.per_token,
                       metadata={"rows": "documents", "cols": "positions 1.."})
     write_parquet(out / "curve.parquet", position_table(compared.arrays))
-    return ["tokens.safetensors", "curve.parquet"]
+    return RESULT_FILES
 
 
 def cache_report(root: Path, dense: DenseReference, compression: Compression) -> dict:

@@ -77,6 +77,10 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "DONE").write_text(stamp)
+            from lcc.io import umask
+            for f in tmp.rglob("*"):  # safetensors writes 0600: a shared $LCC_CACHE must be readable by others
+                if f.is_file():
+                    os.chmod(f, 0o666 & ~umask())
             if cached.exists():
                 import shutil
                 shutil.rmtree(cached)
@@ -132,14 +136,20 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
     elif kind == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kw = dict(dtype=dtype, attn_implementation=cfg.attn_implementation,
-                  trust_remote_code=bool(cfg.trust_remote_code))
+        from lcc.validate import check_model_path
+
+        trust = cfg.get("trust_remote_code", False)
+        if not isinstance(trust, bool):  # bool('no') is True: never run a model's code on a string
+            raise ConfigError(f"model.trust_remote_code={trust!r} is invalid; valid: true or false (a YAML boolean)")
+        if (why := check_model_path(str(cfg.name_or_path))):
+            raise ConfigError(why)
+        kw = dict(dtype=dtype, attn_implementation=cfg.attn_implementation, trust_remote_code=trust)
         device_map = cfg.get("device_map")
         if device_map is None and device.type == "cuda" and torch.cuda.device_count() > 1:
             device_map = "auto"  # e.g. hydra.launcher.gpus_per_node=8 for a 70B model: one job, all GPUs
         if device_map:
             kw["device_map"] = device_map
-        tok = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=bool(cfg.trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kw)
     else:
         raise ConfigError(f"model.kind={kind!r} is invalid; valid choices: gguf, tiny, hf")

@@ -7,10 +7,16 @@ Reads files only (``lcc_jobs.json``, ``*/result.json``). Writes into the sweep d
 columns ctx; the .md also lists failed/missing jobs), ``curves.parquet`` / ``curves.csv`` (one row per job x
 octave bin, with the job's config keys) and ``plots/kl_vs_position.{png,pdf}`` and
 ``plots/sensitivity.{png,pdf}`` (lcc/figures.py).
+
+No job hides: rows also carry every config key that differs between finished jobs of one cell
+(``varying_keys``); a job whose files fail the checksums in its result.json is listed as ``corrupt``, a
+result.json that is not what lcc writes as ``malformed``; a malformed ``lcc_jobs.json`` stops reduce with a
+message naming it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -24,34 +30,138 @@ from lcc.names import SUMMARY_COLS, TABLES, ctx_label
 log = logging.getLogger(__name__)
 
 
+class SweepFilesError(Exception):
+    """A sweep's files cannot be read as lcc wrote them (e.g. a malformed ``lcc_jobs.json``)."""
+
+
+#: table rows before the keys that vary between jobs (``varying_keys``); the columns are ``ctx``
+BASE_INDEX = ["model", "data", "compressor", "level"]
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The jobs of ``lcc_jobs.json``; SweepFilesError naming the file if it is not what the sweeper writes."""
+    try:
+        man = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SweepFilesError(f"{path} is unreadable ({type(e).__name__}: {e}); fix or delete it (without it, jobs "
+                              f"that never wrote a result.json are not listed as missing)") from e
+    jobs = man.get("jobs") if isinstance(man, dict) else None
+    ok = isinstance(jobs, list) and all(
+        isinstance(j, dict) and isinstance(j.get("dir"), str) and isinstance(j.get("overrides"), list)
+        for j in jobs)
+    if not ok:
+        raise SweepFilesError(f"{path} is malformed: expected {{\"jobs\": [{{\"dir\": str, \"overrides\": [...]}}, "
+                              f"...]}}; fix or delete it (without it, jobs that never wrote a result.json are not "
+                              f"listed as missing)")
+    return jobs
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict:
+    """``{"calib.n_samples": 128, ...}`` of a resolved job config, without the volatile keys."""
+    from lcc.validate import VOLATILE_KEYS
+
+    out = {}
+    for k, v in cfg.items():
+        if not prefix and k in (*VOLATILE_KEYS, "hydra"):
+            continue
+        if isinstance(v, dict) and v:
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _result_problem(res: object) -> str | None:
+    """Why a result.json is not a result lcc wrote (None if it is)."""
+    if not isinstance(res, dict):
+        return f"not a JSON object but {type(res).__name__}"
+    if res.get("status") != "ok":
+        return None
+    for key, typ in (("config", dict), ("summary", dict), ("curve", list), ("level", str), ("compressor", str)):
+        if not isinstance(res.get(key), typ):
+            return f"{key!r} is missing or not a {typ.__name__}"
+    if not isinstance(res.get("ctx"), int) or isinstance(res.get("ctx"), bool):
+        return "'ctx' is missing or not an integer"
+    return None
+
+
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job: every job of the manifest (missing ones too) and every result.json found."""
+    """One row per job: every job of the manifest (missing ones too) and every result.json found. A result
+    whose files fail their recorded checksums is ``corrupt`` (``unverified`` if it records none), one that is
+    not what lcc writes is ``malformed``: neither enters a table, both are listed with the reason."""
+    from lcc.io import files_problem
+
     rows: dict[str, dict] = {}
     manifest = sweep_dir / "lcc_jobs.json"
     if manifest.exists():
-        for j in read_json(manifest)["jobs"]:
-            rows[j["dir"]] = {"job": j["dir"], "status": "missing", "overrides": " ".join(j["overrides"])}
+        for j in read_manifest(manifest):
+            rows[j["dir"]] = {"job": j["dir"], "status": "missing", "overrides": " ".join(map(str, j["overrides"]))}
     for path in sorted(sweep_dir.rglob("result.json")):
         job = str(path.parent.relative_to(sweep_dir))
         row = rows.setdefault(job, {"job": job, "overrides": ""})
         try:
             res = read_json(path)
         except (OSError, ValueError) as e:
-            row.update(status="unreadable", error=str(e))
+            row.update(status="unreadable", error=f"{path}: {e}")
+            continue
+        if (why := _result_problem(res)):
+            row.update(status="malformed", error=f"{path}: {why}")
             continue
         row["status"] = res.get("status", "unknown")
         if res.get("error"):
             row["error"] = res["error"]
-        cfg = res.get("config", {})
+        if row["status"] == "ok" and (why := files_problem(path.parent, res)):
+            row.update(status="unverified" if "no checksums" in why else "corrupt", error=f"{path.parent}: {why}")
+            continue
+        cfg = res.get("config") if isinstance(res.get("config"), dict) else {}
         row.update(model=res.get("model", cfg.get("model", {}).get("name")),
                    data=res.get("data", cfg.get("data", {}).get("name")),
                    compressor=res.get("compressor", cfg.get("compressor", {}).get("name")),
-                   level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")))
-        row.update({k: res.get("summary", {}).get(k) for k in SUMMARY_COLS})
-        row.update({f"time_{k}": v for k, v in res.get("timings", {}).items()})
+                   level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")),
+                   config=flat_config(cfg))
+        summary = res.get("summary") if isinstance(res.get("summary"), dict) else {}
+        row.update({k: summary.get(k) for k in SUMMARY_COLS})
+        timings = res.get("timings") if isinstance(res.get("timings"), dict) else {}
+        row.update({f"time_{k}": v for k, v in timings.items()})
     if not rows:
         return pd.DataFrame(columns=["job", "status"])
     return pd.DataFrame(list(rows.values()))
+
+
+def _cell(v: object) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def varying_keys(ok: pd.DataFrame) -> list[str]:
+    """Config keys (dotted, volatile ones left out) whose values differ between finished jobs that would
+    otherwise share a table cell (same model, data, compressor, level and ctx), e.g. ``calib.n_samples``,
+    ``seed``, ``data.paths``. They become index columns, so that no job hides behind another."""
+    if ok.empty or "config" not in ok:
+        return []
+    keys: set[str] = set()
+    for _, g in ok.groupby(BASE_INDEX + ["ctx"], dropna=False):
+        if len(g) < 2:
+            continue
+        confs = list(g["config"])
+        for k in set().union(*confs):
+            if len({_cell(c.get(k)) for c in confs}) > 1:
+                keys.add(k)
+    return sorted(keys)
+
+
+def table_rows(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``(ok with one column per varying key, index columns)``: BASE_INDEX, the varying keys, and ``job`` if
+    two jobs still share a cell (identical configs in two folders)."""
+    keys = varying_keys(ok)
+    ok = ok.copy()
+    for k in keys:
+        ok[k] = [_cell(c.get(k)) for c in ok["config"]]
+    index = BASE_INDEX + keys
+    if ok.duplicated(index + ["ctx"]).any():
+        index.append("job")
+    if keys:
+        log.warning("jobs differ in keys that are not table axes: %s (added as table columns)", ", ".join(keys))
+    return ok, index
 
 
 def pm(m: float, se: float, digits: int = 3) -> str:
@@ -63,17 +173,17 @@ def pm(m: float, se: float, digits: int = 3) -> str:
 
 
 def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Pivot tables of finished jobs: rows (model, data, compressor, level), columns ctx."""
+    """Pivot tables of finished jobs: rows (model, data, compressor, level, and every config key that differs
+    between jobs of one cell: ``table_rows``), columns ctx. Every finished job has its own cell."""
     ok = df[df.status == "ok"].copy()
     if ok.empty:
         return {}
     ok["ctx"] = ok["ctx"].astype(int)
-    ok = ok.sort_values("ctx")
+    ok, index = table_rows(ok.sort_values("ctx"))
     out = {}
     for name, m, se in [(t.label, t.key, t.se) for t in TABLES]:
         ok["cell"] = [pm(a, b) for a, b in zip(ok[m], ok[se])]
-        t = ok.pivot_table(index=["model", "data", "compressor", "level"], columns="ctx", values="cell",
-                           aggfunc="first")
+        t = ok.pivot_table(index=index, columns="ctx", values="cell", aggfunc="first")
         t.columns = [ctx_label(c) for c in t.columns]
         out[name] = t.fillna("–")  # a combination that was not run (or did not finish) at this ctx
     return out
@@ -81,7 +191,7 @@ def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def status_line(df: pd.DataFrame) -> str:
     counts = df.status.value_counts().to_dict() if len(df) else {}
-    parts = [f"{counts.pop(s, 0)} {s}" for s in ("ok", "failed", "missing")]
+    parts = [f"{counts.pop(s, 0)} {s}" for s in ("ok", "failed", "missing")]  # then corrupt, malformed, ...
     parts += [f"{n} {s}" for s, n in counts.items()]
     return f"{len(df)} jobs: " + ", ".join(parts)
 
@@ -122,6 +232,9 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     if df.empty:
         raise SystemExit(f"lcc.reduce: no jobs found under {sweep_dir} (no lcc_jobs.json, no */result.json)")
     lines = [f"# Sensitivity: {sweep_dir}", "", status_line(df), ""]
+    ok = df[df.status == "ok"]
+    if (keys := varying_keys(ok)):
+        lines += [f"Jobs differ in keys that are not table axes: {', '.join(keys)}; they are table columns.", ""]
     tables = sensitivity_tables(df)
     for name, t in tables.items():
         lines += [f"## {name}", "", t.reset_index().to_markdown(index=False), ""]
@@ -131,9 +244,9 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
         cols = [c for c in ("job", "status", "overrides", "error") if c in bad]
         lines += [bad[cols].fillna("").to_markdown(index=False), ""]
     text = "\n".join(lines)
-    ok = df[df.status == "ok"]
-    cols = [c for c in ["job", "model", "data", "compressor", "level", "ctx"] + SUMMARY_COLS if c in df]
-    atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok[cols].to_csv(tmp, index=False))
+    ok_rows = table_rows(ok)[0] if len(ok) else ok
+    cols = [c for c in ["job", "model", "data", "compressor", "level", *keys, "ctx"] + SUMMARY_COLS if c in ok_rows]
+    atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok_rows[cols].to_csv(tmp, index=False))
     atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))
     files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]
     files += write_outputs(sweep_dir, df, tables, plots=plots)
@@ -163,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                               ("entity", args.wandb_entity)) if v is not None}
     if over and not args.wandb:
         ap.error("--wandb-mode/--wandb-project/--wandb-entity need --wandb")
-    df, text = reduce(args.sweep_dir, plots=not args.no_plots, wandb=args.wandb, wandb_overrides=over)
+    try:
+        df, text = reduce(args.sweep_dir, plots=not args.no_plots, wandb=args.wandb, wandb_overrides=over)
+    except SweepFilesError as e:
+        print(f"lcc.reduce: {e}", file=sys.stderr)
+        return 2
     print(text)
     return 0 if (df.status == "ok").all() else 1
 

@@ -27,6 +27,10 @@ def job_subdir(override_dirname: str, num: int) -> str:
 
 if not OmegaConf.has_resolver("lcc_subdir"):
     OmegaConf.register_new_resolver("lcc_subdir", lambda d, n: job_subdir(str(d), int(n)))
+if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: lcc.validate.VOLATILE_KEYS
+    from lcc.validate import override_exclude_keys
+
+    OmegaConf.register_new_resolver("lcc_override_exclude_keys", override_exclude_keys)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")

@@ -18,10 +18,11 @@ def options(group):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_validates(group, option):
+def test_every_option_composes_and_validates(group, option, tmp_path):
     extra = ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
     if group == "data" and option == "text":
-        extra.append("data.paths=[/tmp/x.txt]")
+        (tmp_path / "x.txt").write_text("some text\n")
+        extra.append(f"data.paths=[{tmp_path / 'x.txt'}]")
     cfg = make_cfg([f"{group}={option}", *extra], output_dir="/tmp/unused")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if not (group == "ctx" and cfg.ctx.tokens > cfg.model.max_context):

@@ -7,9 +7,10 @@ mappings, each expanded as its own product (``{compressor: magnitude, compressor
 with the command line's overrides applied to every grid (a key given on the command line replaces the
 grid's). The study's experiment configs use it, since its grid is not one product.
 
-Before launching a batch, every job's config is composed (unknown keys fail there) and passed to
-``lcc.job.validate``; every bad job is reported in one error and nothing is launched. The sweep's job
-manifest ``lcc_jobs.json`` (overrides and folder of each job) lets ``lcc.reduce`` list missing jobs too.
+Before launching anything, every job's config (of every batch) is composed (unknown keys fail there) and
+checked by ``lcc.validate`` (every key, no model loaded); every bad job is reported, with all its problems, in
+one error and nothing is launched. The sweep's job manifest ``lcc_jobs.json`` (overrides and folder of each
+job) lets ``lcc.reduce`` list missing jobs too.
 
 After the launcher returns (any launcher: basic, submitit_local, submitit_slurm), or fails, the sweeper
 prints one line counting ok / failed / missing jobs and, unless ``hydra.sweeper.reduce=false``, reduces the
@@ -113,10 +114,10 @@ class LccSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: List[Sequence[JobReturn]] = []
         launched = False
+        self.validate_batch_is_legal(jobs)  # every job of every batch, before the first batch launches
         try:
             for start in range(0, len(jobs), size):
                 batch = jobs[start:start + size]
-                self.validate_batch_is_legal(batch)
                 launched = True
                 results = self.launcher.launch(batch, initial_job_idx=start)
                 for r in results:
@@ -147,7 +148,7 @@ class LccSweeper(Sweeper):
         import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
         from lcc import ConfigError
         from lcc.io import read_json, write_json
-        from lcc.job import validate
+        from lcc.validate import problems
 
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
@@ -158,10 +159,11 @@ class LccSweeper(Sweeper):
             with open_dict(cfg):
                 cfg.hydra.job.num = num
                 cfg.output_dir = "-"  # not known before launch; validate() does not need it
-            try:
-                validate(cfg)
-            except ConfigError as e:
-                errors.append(f"  job {num} [{' '.join(overrides)}]: {e}")
+            found = problems(cfg)
+            if len(found) == 1:
+                errors.append(f"  job {num} [{' '.join(overrides)}]: {found[0]}")
+            elif found:
+                errors.append(f"  job {num} [{' '.join(overrides)}]:\n" + "\n".join(f"    - {x}" for x in found))
             subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
             jobs.append({"num": num, "overrides": list(overrides), "dir": subdir})
         if errors:

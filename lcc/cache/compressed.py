@@ -120,6 +120,7 @@ class Compression:
     status: str = "off"  # off | uncacheable | recomputed | hit | miss
     key: str | None = None
     cache_s: float | None = None  # time spent in the cache (check, read or write), compression excluded
+    weights: dict[str, int] | None = None  # targeted and changed Linears (set by lcc.job.compress_step)
 
 
 class CompressedCache:

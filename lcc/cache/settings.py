@@ -66,6 +66,9 @@ def settings(cfg: Any) -> CacheSettings:
     if not (compressed == "auto" or isinstance(compressed, bool)):
         raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
                           f"masking pruners), true (every cacheable compressor), false")
-    return CacheSettings(enabled=bool(get("enabled", True)),
+    for k in ("enabled", "dense"):
+        if not isinstance(get(k, True), bool):
+            raise ConfigError(f"cache.{k}={get(k)!r} is invalid; valid: true or false (a YAML boolean)")
+    return CacheSettings(enabled=get("enabled", True),
                          dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
-                         dense=bool(get("dense", True)), compressed=compressed)
+                         dense=get("dense", True), compressed=compressed)

@@ -13,7 +13,8 @@ import importlib
 import pkgutil
 from typing import Any
 
-from lcc.compressors.base import REGISTRY, Compressor, Storage, Targets, build, get  # noqa: F401
+from lcc import ConfigError
+from lcc.compressors.base import REGISTRY, Compressor, Storage, Targets, build, get, qualify  # noqa: F401
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "__main__":
@@ -21,12 +22,18 @@ for _mod in pkgutil.iter_modules(__path__):
 
 
 def validate(cfg: Any) -> None:
-    """Raise ConfigError naming a bad name, key or value of a ``compressor`` config (constructs it)."""
-    build(cfg)
+    """Raise ConfigError naming the bad key (``compressor.bits=9 ...``) and the valid choices: constructs the
+    compressor from a ``compressor`` config."""
+    try:
+        build(cfg)
+    except ConfigError as e:
+        name = (cfg or {}).get("name") if hasattr(cfg, "get") else None
+        keys = [f.name for f in REGISTRY[name].param_fields()] if name in REGISTRY else []
+        raise ConfigError(qualify(str(e), keys)) from None
 
 
 def _node_default(f: dataclasses.Field) -> dict:
-    if f.metadata.get("config") is not None:
+    if f.metadata.get("config", dataclasses.MISSING) is not dataclasses.MISSING:
         return {"default": f.metadata["config"]}
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return {"default_factory": f.default_factory}
@@ -49,7 +56,8 @@ def config_node(cls: type[Compressor]) -> type:
     fields: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
     for f in dataclasses.fields(cls):
         if f.name == "targets":
-            fields.append(("targets", TargetsConfig, dataclasses.field(default_factory=TargetsConfig)))
+            if cls.uses_targets:
+                fields.append(("targets", TargetsConfig, dataclasses.field(default_factory=TargetsConfig)))
         else:
             fields.append((f.name, Any, dataclasses.field(**_node_default(f))))
     node = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)

@@ -1,6 +1,7 @@
 """``python -m lcc.compressors``: every registered compressor with its parameters, defaults and valid values."""
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 from lcc.compressors import REGISTRY
@@ -13,7 +14,8 @@ def describe() -> str:
         lines += [f"{name}  ({cls.__module__}.{cls.__qualname__})", textwrap.indent(textwrap.fill(doc, 100), "    ")]
         for f in cls.param_fields():
             default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-            default = f.metadata.get("config") or default
+            if f.metadata.get("config", dataclasses.MISSING) is not dataclasses.MISSING:
+                default = f.metadata["config"]
             valid = f.metadata.get("valid")
             text = f.metadata.get("doc", "") + (f" [valid: {valid.text}]" if valid else "")
             lines.append(f"    {f.name} = {default!r}: {text}")

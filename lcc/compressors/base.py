@@ -17,13 +17,16 @@ only) and, if it sets ``name``, registered under that name. Each parameter is a 
 
 **Capabilities are methods**: ``needs_calibration()`` (``compress`` then gets calibration token ids),
 ``storage()`` (what the compressed-weights cache stores: a keep-mask, the weights, or nothing, see
-:class:`Storage`), ``prunes()`` (its zeros must survive later stages of a composition). Compressors that act
-during the forward pass (KV cache, activations) install hooks in ``compress``; their storage is ``NONE``.
+:class:`Storage`), ``acts_at_runtime()`` (``compress`` installs hooks or an attention function that act during
+the forward pass: KV cache, activations; their storage is ``NONE``), ``prunes()`` (its zeros must survive
+later stages of a composition). ``uses_targets`` (class attribute: whether ``targets`` is a parameter at all)
+and ``target_candidates`` (what ``targets.modules`` selects from) say what it acts on.
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -43,6 +46,15 @@ def get(name: str) -> type["Compressor"]:
     if name not in REGISTRY:
         raise ConfigError(f"unknown compressor {name!r}; valid choices: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def qualify(message: str, keys: Any, prefix: str = "compressor.") -> str:
+    """``bits=9 is invalid`` -> ``compressor.bits=9 is invalid``: a message that starts with one of the
+    compressor's keys names it by its full config key."""
+    m = re.match(r"([A-Za-z_]\w*)[=.\[]", message)
+    if m and (m.group(1) in keys or m.group(1) in ("name", "targets", "stages")):
+        return prefix + message
+    return message
 
 
 # ---- parameters ---------------------------------------------------------------------------------
@@ -85,18 +97,28 @@ def choice(*options: Any) -> Valid:
 
 
 _TYPE_RULES: dict[Any, Valid] = {
-    bool: Valid("true or false", lambda v: isinstance(v, bool)),
+    bool: Valid("true or false (a YAML boolean)", lambda v: isinstance(v, bool)),
     int: Valid("an integer", _is_int),
     float: Valid("a number", _is_num),
     str: Valid("a string", lambda v: isinstance(v, str)),
 }
 
 
+class _Unset:
+    """The default of a parameter whose value, when left out, depends on other parameters (``check`` sets it)."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET: Any = _Unset()
+
+
 def param(default: Any = dataclasses.MISSING, doc: str = "", valid: Valid | None = None, *,
-          default_factory: Any = dataclasses.MISSING, config: str | None = None) -> Any:
-    """A compressor parameter: a dataclass field with its documentation and its valid values. ``config``: an
-    OmegaConf interpolation that replaces the default in the Hydra schema, for a default that depends on other
-    parameters, so that a job's resolved config records the value used (e.g. N:M's sparsity)."""
+          default_factory: Any = dataclasses.MISSING, config: Any = dataclasses.MISSING) -> Any:
+    """A compressor parameter: a dataclass field with its documentation and its valid values. ``config``: the
+    value the Hydra config ``compressor=<name>`` starts from, when it differs from the Python default (a
+    default ``UNSET`` in Python, "left out", that a config must spell out)."""
     return field(default=default, default_factory=default_factory,
                  metadata={"doc": doc, "valid": valid, "config": config})
 
@@ -129,35 +151,46 @@ class Targets:
     SHORTHANDS: ClassVar[dict[str, list[str]]] = {"attn": ["*attn*", "*attention*"],
                                                   "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
 
+    KEYS: ClassVar[tuple[str, ...]] = ("modules", "layers", "lm_head")
+
     def __post_init__(self):
+        self.check({"modules": self.modules, "layers": self.layers, "lm_head": self.lm_head})
         mods = [self.modules] if isinstance(self.modules, str) else self.modules
-        if mods is not None and not (isinstance(mods, (list, tuple)) and all(isinstance(m, str) for m in mods)):
-            raise ConfigError(f"targets.modules={self.modules!r} is invalid; valid: null (every Linear), a glob "
-                              f"pattern or a list of them, or the shorthands attn / mlp")
-        if self.layers is not None and not (isinstance(self.layers, (list, tuple)) and len(self.layers) == 2
-                                            and all(_is_int(x) for x in self.layers)):
-            raise ConfigError(f"targets.layers={self.layers!r} is invalid; valid: [start, stop) (two integers)")
-        if not isinstance(self.lm_head, bool):
-            raise ConfigError(f"targets.lm_head={self.lm_head!r} is invalid; valid: true or false")
-        pats: list[str] = []
-        for m in mods or ["*"]:
-            pats += self.SHORTHANDS.get(m, [m])
-        self.patterns = pats
+        #: the user's entries (a name, a glob or a shorthand), each expanded to its glob patterns
+        self.entries = {m: self.SHORTHANDS.get(m, [m]) for m in mods or ["*"]}
+        self.patterns = [p for pats in self.entries.values() for p in pats]
         self.layers = list(self.layers) if self.layers is not None else None
+
+    @classmethod
+    def check(cls, t: Any) -> None:
+        """Types of a ``targets`` mapping, before any model is loaded (ConfigError naming the key)."""
+        if t is None:
+            return
+        if not isinstance(t, Mapping):
+            raise ConfigError(f"targets={t!r} is invalid; valid: a mapping with {', '.join(cls.KEYS)}")
+        unknown = sorted(set(t) - set(cls.KEYS))
+        if unknown:
+            raise ConfigError(f"targets.{unknown[0]} is not a targets key; valid keys: {', '.join(cls.KEYS)}")
+        m = t.get("modules")
+        if m is not None and not ((isinstance(m, str) and m) or (
+                isinstance(m, (list, tuple)) and m and all(isinstance(x, str) and x for x in m))):
+            raise ConfigError(f"targets.modules={m!r} is invalid; valid: null (all Linear layers), a non-empty "
+                              f"list of module names or globs (e.g. [self_attn.q_proj, 'mlp.*']), attn, mlp")
+        lay = t.get("layers")
+        if lay is not None and not (isinstance(lay, (list, tuple)) and len(lay) == 2 and all(
+                _is_int(x) for x in lay)):
+            raise ConfigError(f"targets.layers={lay!r} is invalid; valid: null (all blocks) or [start, stop) "
+                              f"block indices (integers, negative counts from the end)")
+        if "lm_head" in t and not isinstance(t["lm_head"], bool):
+            raise ConfigError(f"targets.lm_head={t['lm_head']!r} is invalid; valid: true or false (a YAML boolean)")
 
     @classmethod
     def of(cls, value: Any) -> "Targets":
         """``value`` as Targets: a Targets, a mapping of its fields, or None (every Linear)."""
         if isinstance(value, Targets):
             return value
-        if value is None:
-            return cls()
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"targets={value!r} is invalid; valid: a mapping with modules, layers, lm_head")
-        names = [f.name for f in dataclasses.fields(cls)]
-        if unknown := sorted(set(value) - set(names)):
-            raise ConfigError(f"targets does not take {unknown}; its keys are: {names}")
-        return cls(**value)
+        cls.check(value)
+        return cls(**(value or {}))
 
     def layer_range(self, n_layers: int) -> range:
         if self.layers is None:
@@ -180,6 +213,52 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(obj, nn.ModuleList):
             return obj
     raise ConfigError(f"cannot find the decoder blocks of {type(model).__name__}")
+
+
+def targets_problem(model: nn.Module, targets: Targets, candidates=None) -> str | None:
+    """Why ``targets`` selects nothing (or less than it says) in ``model``, or None. ``candidates(block)``
+    gives the modules ``targets.modules`` chooses from (default: the block's Linear layers)."""
+    n = len(decoder_layers(model))
+    if targets.layers is not None:
+        start, stop = (x if x >= 0 else n + x for x in targets.layers)
+        if not 0 <= start < stop <= n:
+            return (f"targets.layers={targets.layers} is outside the model, which has {n} layers; valid: "
+                    f"[start, stop) with 0 <= start < stop <= {n} (negative values count from the end)")
+    candidates = candidates or Compressor.target_candidates
+    layers = decoder_layers(model)
+    names = sorted({name for i in targets.layer_range(n) for name in candidates(layers[i])})
+    missing = [e for e, pats in targets.entries.items()
+               if not any(fnmatch.fnmatch(name, p) for name in names for p in pats)]
+    if missing:
+        return (f"targets.modules entries {missing} match no module of the model's blocks; valid: names or globs "
+                f"of {', '.join(names) or 'none'} (or the shorthands attn, mlp); the model has {n} layers")
+    return None
+
+
+def weight_fingerprint(lin: nn.Module, chunk: int = 1 << 24) -> int | str:
+    """A value that changes whenever any bit of ``lin.weight`` changes, without keeping a copy of the weights:
+    on CPU the xxh3-128 of the raw bytes (~10 GB/s), on an accelerator a position-weighted sum of the raw bits
+    reduced on the device in chunks (moving the weights to the host would cost more than the reduction).
+    Detects a compressor that changed no weight."""
+    w = lin.weight.detach()
+    if w.device.type == "cpu":
+        import xxhash
+
+        return xxhash.xxh3_128(w.contiguous().view(torch.uint8).reshape(-1).numpy()).hexdigest()
+    return bits_fingerprint(w, chunk)
+
+
+def bits_fingerprint(w: torch.Tensor, chunk: int = 1 << 24) -> int:
+    """sum_i bits_i * (i mod 65521 + 1) mod 2^64 over the raw bits of ``w``, computed where ``w`` lives."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[w.element_size()]
+    bits = w.contiguous().reshape(-1).view(ints)
+    total = 0
+    with torch.no_grad():
+        for a in range(0, bits.numel(), chunk):
+            b = bits[a:a + chunk].long()
+            pos = torch.arange(a, a + b.numel(), device=b.device) % 65521 + 1
+            total = (total + int((b * pos).sum())) % (1 << 64)
+    return total
 
 
 def target_linears(model: nn.Module, targets: Targets) -> dict[str, nn.Linear]:
@@ -212,6 +291,8 @@ class Compressor:
     ``compress``; they override the capability methods that differ from the defaults."""
 
     name: ClassVar[str]
+    #: False for a compressor that ignores ``targets`` (none): then ``targets`` is not one of its parameters
+    uses_targets: ClassVar[bool] = True
     targets: Targets = param(default_factory=Targets,
                              doc="which Linears: modules (globs, or attn / mlp), layers [start, stop), lm_head")
 
@@ -229,7 +310,7 @@ class Compressor:
         for f in self.param_fields():
             v = getattr(self, f.name)
             rule, nullable = _type_rule(hints.get(f.name))
-            if v is None and nullable:
+            if (v is None and nullable) or v is UNSET:
                 continue
             valid = f.metadata.get("valid")
             if (rule and not rule.ok(v)) or (valid and not valid.ok(v)):
@@ -261,6 +342,11 @@ class Compressor:
         """What the compressed-weights cache stores for this configuration (see :class:`Storage`)."""
         return Storage.NONE
 
+    def acts_at_runtime(self) -> bool:
+        """True if ``compress`` installs something that acts during the forward (hooks, an attention function),
+        so that an unchanged set of weights still means a compressed model (kv, quant_wa with a_bits < 16)."""
+        return False
+
     def prunes(self) -> bool:
         """True if the zeros this compressor sets must stay zero through later stages of a composition."""
         return False
@@ -271,7 +357,20 @@ class Compressor:
 
     def touched_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
         """Every Linear whose parameters ``compress`` may change (what the weights cache stores)."""
-        return target_linears(model, self.targets)
+        return target_linears(model, self.targets) if self.uses_targets else {}
+
+    # ---- what it acts on -----------------------------------------------------------------------
+    @staticmethod
+    def target_candidates(block: nn.Module) -> dict[str, nn.Module]:
+        """The modules of a decoder block that ``targets.modules`` selects from (name inside the block)."""
+        return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+    def check_targets(self, model: nn.Module) -> None:
+        """Raise ConfigError if ``targets`` selects nothing in ``model``: a layer range outside the model, or a
+        ``modules`` entry that matches no module (the message lists the available names and the layer count)."""
+        problem = targets_problem(model, self.targets, self.target_candidates) if self.uses_targets else None
+        if problem:
+            raise ConfigError(f"compressor.{problem} (compressor {self.name})")
 
     # ---- work ----------------------------------------------------------------------------------
     def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
@@ -295,7 +394,7 @@ def build(cfg: Any) -> Compressor:
     params = dict(plain(cfg))
     name = params.pop("name", None)
     cls = get(name)
-    names = [f.name for f in cls.param_fields()]
-    if unknown := sorted(set(params) - set(names) - {"targets"}):
-        raise ConfigError(f"compressor {name!r} does not take {unknown}; its parameters are: {names or 'none'}")
+    names = sorted(f.name for f in cls.param_fields())
+    if unknown := sorted(set(params) - set(names) - ({"targets"} if cls.uses_targets else set())):
+        raise ConfigError(f"compressor {name!r} does not take {unknown}; valid parameters: {names or 'none'}")
     return cls(**params)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Storage, build, param, plain, target_linears
+from lcc.compressors.base import REGISTRY, Compressor, Storage, build, param, plain, qualify, target_linears
 
 
 class Compose(Compressor):
@@ -48,7 +48,8 @@ class Compose(Compressor):
             try:
                 self.instances.append(build(st))
             except ConfigError as e:
-                raise ConfigError(f"stages[{i}] ({st['name']}): {e}") from e
+                keys = [f.name for f in REGISTRY[st["name"]].param_fields()] if st["name"] in REGISTRY else []
+                raise ConfigError(qualify(str(e), keys, prefix=f"stages[{i}].")) from None
 
     # ---- capabilities: those of the stages -----------------------------------------------------------
     def needs_calibration(self) -> bool:
@@ -61,8 +62,15 @@ class Compose(Compressor):
             return Storage.MASK
         return Storage.NONE if Storage.NONE in kinds else Storage.WEIGHTS
 
+    def acts_at_runtime(self) -> bool:
+        return any(s.acts_at_runtime() for s in self.instances)
+
     def prunes(self) -> bool:
         return any(s.prunes() for s in self.instances)
+
+    def check_targets(self, model) -> None:
+        for s in self.instances:
+            s.check_targets(model)
 
     def touched_linears(self, model):
         lins = {}

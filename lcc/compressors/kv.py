@@ -200,6 +200,14 @@ class KVQuant(Compressor):
     window: int = param(0, "each query sees its last `window` keys/values in full precision (exact per query; "
                            "post-RoPE only)", ints(0, 1 << 24))
 
+    def acts_at_runtime(self) -> bool:
+        return True  # an attention function (and k_proj hooks with pre_rope)
+
+    @staticmethod
+    def target_candidates(block):
+        """``targets.modules`` selects attention modules (those with k_proj and v_proj)."""
+        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
+
     def check(self):
         if self.pre_rope and self.window > 0:
             raise ConfigError(f"window={self.window!r} with pre_rope=true is not supported (the full-precision "

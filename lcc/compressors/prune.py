@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Storage, fraction, ints, param, target_linears
+from lcc.compressors.base import UNSET, Compressor, Storage, fraction, ints, param, target_linears
 from lcc.compressors.engine import Calibrated, HessianStats, NormStats
 from lcc.compressors.obs import inverse_hessian_upper, obs_walk, prepare_hessian
 
@@ -49,27 +49,17 @@ def _sparsity_facts(lins: dict[str, torch.nn.Linear]) -> dict[str, Any]:
     return {"sparsity_achieved": zeros / max(total, 1), "n_linears": len(lins)}
 
 
-def nm_sparsity(n: int, m: int) -> float:
-    """The sparsity of N:M (``1 - n/m``), or of unstructured pruning left at its default (0.5)."""
-    return 1 - n / m if m else 0.5
-
-
-def _register_resolver() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("lcc_nm_sparsity"):  # the Hydra default of sparsity: the value it means
-        OmegaConf.register_new_resolver("lcc_nm_sparsity", lambda n, m: nm_sparsity(int(n), int(m)))
-
-
-_register_resolver()
+#: ``sparsity`` given together with N:M must equal 1 - nm_n/nm_m to this tolerance (so that the 6 significant
+#: digits an error message prints are accepted); it is then set to exactly 1 - nm_n/nm_m.
+NM_SPARSITY_TOL = 1e-6
 
 
 class NMPruner(Compressor):
     """Base of the pruners that take ``sparsity`` or N:M structure (magnitude, wanda, sparsegpt)."""
 
-    sparsity: float | None = param(None, "fraction of weights set to zero; left out: 0.5, or 1 - nm_n/nm_m with "
-                                         "N:M (a given value must equal it)", fraction(),
-                                   config="${lcc_nm_sparsity:${.nm_n},${.nm_m}}")
+    sparsity: float | None = param(UNSET, "fraction of weights set to zero; with N:M it must equal 1 - nm_n/nm_m, "
+                                          "or be null (then taken from N:M); left out in Python: 0.5, or 1 - "
+                                          "nm_n/nm_m with N:M", fraction(), config=0.5)
     nm_n: int = param(0, "N:M structured sparsity: KEEP nm_n non-zeros in every nm_m consecutive input weights "
                          "(2:4 -> nm_n=2, nm_m=4); both 0 = unstructured", ints(0, 1 << 16))
     nm_m: int = param(0, "group width of N:M (0 = unstructured). NB: the Wanda/SparseGPT scripts' prune_n "
@@ -83,10 +73,17 @@ class NMPruner(Compressor):
         if m and not n < m:
             raise ConfigError(f"nm_n={n!r} must be smaller than nm_m={m!r} (nm_n = weights kept per group of "
                               f"nm_m)")
-        if m and self.sparsity is not None and abs(float(self.sparsity) - (1 - n / m)) > 1e-9:
-            raise ConfigError(f"sparsity={self.sparsity!r} contradicts N:M {n}:{m} (which prunes {1 - n / m:g}); "
-                              f"set sparsity={1 - n / m:g} or leave it out")
-        self.sparsity = nm_sparsity(n, m) if m or self.sparsity is None else self.sparsity
+        s = self.sparsity
+        if s is UNSET:
+            s = self.sparsity = None if m else 0.5
+        if m and s is not None and abs(float(s) - (1 - n / m)) > NM_SPARSITY_TOL:
+            raise ConfigError(f"sparsity={s!r} contradicts N:M {n}:{m}, which prunes {1 - n / m:.6g} of the weights; "
+                              f"valid: sparsity={1 - n / m:.6g} or sparsity=null (then taken from N:M)")
+        if not m and s is None:
+            raise ConfigError("sparsity=None is invalid without N:M; valid: a number in [0, 1), or null together "
+                              "with nm_n/nm_m > 0")
+        if m:
+            self.sparsity = 1 - n / m
 
     def level(self) -> str:
         return f"{self.nm_n}:{self.nm_m}" if self.nm_m else f"sparsity={self.sparsity}"

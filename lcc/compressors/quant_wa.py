@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lcc.compressors.base import Compressor, Valid, groups, param, target_linears
+from lcc.compressors.base import Compressor, Storage, Valid, groups, param, target_linears
 from lcc.compressors.quantize import fake_quant, fake_quant_linears
 
 HOOK_ATTR = "_lcc_act_quant_hooks"
@@ -51,6 +51,13 @@ class QuantWA(Compressor):
         if self.a_group_size != -1:
             s += f"ag{self.a_group_size}"
         return s + ("-symw" if self.sym else "") + ("-syma" if self.a_sym else "")
+
+    def acts_at_runtime(self) -> bool:
+        return self.a_bits != 16  # activation hooks
+
+    def storage(self) -> Storage:
+        """Weight-only (a_bits=16: no hooks) stores the weights; with activation hooks, nothing."""
+        return Storage.NONE if self.acts_at_runtime() else Storage.WEIGHTS
 
     @staticmethod
     def remove(model) -> None:

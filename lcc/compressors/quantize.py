@@ -6,9 +6,19 @@ shorter (SmolLM2's width 576 with groups of 128 gives four groups of 128 and one
 weight is still covered by exactly one (scale, zero) pair, and the effective bits per weight count
 that extra group. ``group_size <= 0`` means one group per row.
 
-Asymmetric (default): the grid spans [min(x, 0), max(x, 0)] of the group with 2^bits levels and an
-integer zero point, as in GPTQ's reference quantizer. Symmetric: the grid spans [-absmax, absmax]
-with levels -2^(b-1)..2^(b-1)-1.
+Both grids are those of GPTQ's reference quantizer (IST-DASLab/gptq ``quant.py``, ``find_params`` and
+``quantize``), with ``maxq = 2^bits - 1`` and ``q = clamp(round(x / scale) + zero, 0, maxq)``:
+
+* asymmetric (default): ``xmin = min(x, 0)``, ``xmax = max(x, 0)`` of the group, ``scale = (xmax - xmin) / maxq``,
+  integer ``zero = round(-xmin / scale)``;
+* symmetric (``sym=True``): ``xmax = max(|xmin|, xmax)`` and, if the group has a negative value,
+  ``xmin = -xmax``; ``scale = (xmax - xmin) / maxq`` (= 2·absmax / (2^bits - 1)) and ``zero = (maxq + 1) / 2``
+  (the middle: 2^(bits-1)). Levels -2^(b-1)..2^(b-1)-1 in steps of ``scale``, so +absmax itself rounds to
+  (2^(b-1) - 1)·scale. As in the reference, a group without negative values keeps ``xmin = 0``
+  (scale = xmax / maxq, the same zero point): its largest values clip to (2^(b-1) - 1)·scale.
+
+A group whose values are all zero gets the reference's range [-1, 1] (sym) or the smallest scale (asym); either
+way its zeros stay exactly zero.
 """
 from __future__ import annotations
 
@@ -18,10 +28,15 @@ import torch
 def qparams(x: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point along the last dim of ``x`` (kept as size 1). x is fp32."""
     qmax = 2 ** bits - 1
-    if sym:
-        absmax = x.abs().amax(-1, keepdim=True).clamp_min(1e-8)
-        scale = absmax / max(2 ** (bits - 1) - 1, 1)
-        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    if sym:  # GPTQ's reference grid (see the module docstring)
+        lo = x.amin(-1, keepdim=True).clamp_max(0)
+        hi = torch.maximum(lo.abs(), x.amax(-1, keepdim=True).clamp_min(0))
+        lo = torch.where(lo < 0, -hi, lo)
+        both_zero = (lo == 0) & (hi == 0)
+        lo = torch.where(both_zero, torch.full_like(lo, -1.0), lo)
+        hi = torch.where(both_zero, torch.ones_like(hi), hi)
+        scale = (hi - lo) / qmax
+        zero = torch.full_like(scale, (qmax + 1) / 2)
     else:
         lo = x.amin(-1, keepdim=True).clamp_max(0)
         hi = x.amax(-1, keepdim=True).clamp_min(0)

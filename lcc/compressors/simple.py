@@ -12,6 +12,7 @@ class NoCompression(Compressor):
     """The dense model itself: KL against the dense run is exactly 0."""
 
     name = "none"
+    uses_targets = False
 
     def level(self) -> str:
         return "dense"
