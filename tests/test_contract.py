@@ -178,12 +178,13 @@ def test_a_new_compressor_is_one_module(tmp_path):
     assert "factor=2 is invalid; valid: a number in (0, 1]" in bad.stderr
     assert not list((tmp_path / "bad").glob("*/result.json"))
 
-    p = sweep("compressor=scale_test", "compressor.factor=0.5,1.0", "++cache.compressed=true",
+    p = sweep("compressor=scale_test", "compressor.factor=0.5,0.9", "++cache.compressed=true",
               f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert p.returncode == 0, p.stderr[-3000:]
     res = {r["level"]: r for r in (json.loads(f.read_text()) for f in (tmp_path / "sweep").glob("*/result.json"))}
-    assert set(res) == {"x0.5", "x1.0"} and all(r["status"] == "ok" for r in res.values())
-    assert res["x1.0"]["summary"]["kl_mean"] == 0.0 and res["x0.5"]["summary"]["kl_mean"] > 0
+    assert set(res) == {"x0.5", "x0.9"} and all(r["status"] == "ok" for r in res.values())
+    assert res["x0.5"]["summary"]["kl_mean"] > res["x0.9"]["summary"]["kl_mean"] > 0
+    assert res["x0.5"]["weights"] == {"targeted_linears": 14, "changed_linears": 14}
     assert res["x0.5"]["cache"]["compressed"] == "miss" and res["x0.5"]["compress_info"] == {"n_linears": 14}
     red = subprocess.run([sys.executable, "-m", "lcc.reduce", str(tmp_path / "sweep"), "--no-plots"], cwd=tmp_path,
                          env=env, text=True, capture_output=True, timeout=300)
