@@ -19,7 +19,8 @@ def describe() -> str:
             valid = f.metadata.get("valid")
             text = f.metadata.get("doc", "") + (f" [valid: {valid.text}]" if valid else "")
             lines.append(f"    {f.name} = {default!r}: {text}")
-        lines.append("    targets: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+        if cls.uses_targets:
+            lines.append("    targets: modules (globs, or attn / mlp), layers [start, stop), lm_head")
         lines.append("")
     return "\n".join(lines)
 
