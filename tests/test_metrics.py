@@ -160,3 +160,43 @@ def test_a_per_prompt_metric_plugs_into_the_registry(monkeypatch):
     assert s == {"acc": 0.75, "acc_se": pytest.approx(math.sqrt(0.75 * 0.25 / 4))} and curve == []
     assert registry.log_line(s) == "acc 0.75"
     assert "acc" in [m.name for m in registry.table_metrics()] and "acc_se" in registry.summary_keys()
+
+
+@pytest.mark.slow
+def test_a_new_metric_is_one_registry_entry(tmp_path):
+    """Copy the package, add one Metric to the registry and nothing else: a sweep's summaries, the job's log
+    line, reduce's csv and tables and the tidy bins all carry it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.helpers import ROOT
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
+    reg = src / "lcc" / "metrics" / "registry.py"
+    text = reg.read_text()
+    anchor = '    Metric("ppl_dense", "nll_p", perplexity, "perplexity of the dense model"),\n'
+    assert anchor in text
+    reg.write_text(text.replace(anchor, anchor + '    Metric("nll_gap", "delta_nll", mean_over_units, "NLL gap (test)", '
+                                               'se="nll_gap_se", table=True, curve=True, log="gap {v:.3g}"),\n'))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    sweep = tmp_path / "sweep"
+    p = subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=256", "n_docs=2",
+                        "logger=none", "compressor=quant", "compressor.bits=3,4", "cache.enabled=false",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, text=True, capture_output=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (p.stdout + p.stderr).count("  gap ") == 2  # the log line of each job
+    for f in sweep.glob("*/result.json"):
+        r = json.loads(f.read_text())
+        assert r["summary"]["nll_gap"] == r["summary"]["delta_nll"] and "nll_gap_se" in r["summary"]
+        assert all(b["nll_gap"] == b["delta_nll"] for b in r["curve"])
+    csv = pd.read_csv(sweep / "sensitivity.csv")
+    assert "nll_gap" in csv and "nll_gap_se" in csv and len(csv) == 2
+    assert "## NLL gap (test) ± SE" in (sweep / "sensitivity.md").read_text()
+    assert "nll_gap" in pd.read_parquet(sweep / "curves.parquet")
