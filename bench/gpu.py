@@ -4,9 +4,9 @@
 Random-initialised weights of real architectures (LLaMA-2-7B-32K, Llama-3-8B shapes), bf16, SDPA:
 
 * floor: a bare dense forward ``model(input_ids, use_cache=False)`` over one document of each length;
-* eval: lcc's own job flow over the same documents (``dense_pass`` -> compress in place ->
-  ``compressed_pass`` -> ``summarize``), without the dense-reference cache (both passes) and with it
-  (a cache hit: ``lcc.cache.TensorStore`` read of the dense hidden states, then the compressed pass);
+* eval: lcc's own job steps (``lcc.job``: ``dense_step`` -> ``compress_step`` (in place) ->
+  ``compressed_step`` -> ``summarize``) over the same documents, without the dense-reference cache (both
+  passes) and with it (a hit of ``dense_step`` through ``lcc.cache.DenseCache``, then the compressed pass);
   each as a ratio to the floor of this run; and the peak GPU memory of that evaluation (one model copy:
   compression is in place after the dense pass, as in ``lcc.job``);
 * compress: each compressor's ``compress`` on the first architecture with random calibration ids.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -160,21 +159,20 @@ def section_floor(model, docs, dev, reps, rows, arch):
               f"peak {peak_gib(dev):.2f} GiB)", flush=True)
 
 
-def _cache_roundtrip(store_dir: Path, key: str, hidden: list[torch.Tensor], windows: torch.Tensor):
-    """Write the dense hidden states as a lcc cache entry; return a function that reads them back (a hit)."""
-    from lcc.cache import TensorStore
+def _cache_roundtrip(model, store_dir: Path, key: str, windows: torch.Tensor, keep_on):
+    """The job's dense step through a dense-reference cache entry: a miss stores it; returns a function that
+    runs the step again (a hit: the entry read back, checksum- and token-id-verified)."""
+    from lcc.cache import DenseCache, TensorStore
+    from lcc.job import dense_step
 
-    store = TensorStore(store_dir, "dense")
-    tensors = {f"hidden.{i:05d}": h.cpu() for i, h in enumerate(hidden)}
-    tensors["windows"] = windows.cpu()
-    with store.locked(key):
-        store.write(key, tensors, {"facts": {}, "inputs": {"bench": key}})
+    cache = DenseCache(TensorStore(store_dir, "dense"), {"bench": key})
+    kw = {} if keep_on is None else {"keep_on": keep_on}
+    assert dense_step(model, windows, cache, **kw).status in ("miss", "hit")
 
     def hit():
-        found = store.read(key, lambda t, m: None if torch.equal(t["windows"], windows.cpu()) else "ids differ")
-        assert found is not None, "cache entry did not read back"
-        t = found[0]
-        return [t[f"hidden.{i:05d}"] for i in range(len(hidden))]
+        ref = dense_step(model, windows, cache, **kw)
+        assert ref.status == "hit", "cache entry did not read back"
+        return ref.hidden
     return hit
 
 
@@ -201,61 +199,60 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
     pass + metrics + summary; each timed side by side with the bare forward (the floor) of the same
     document on the same weights; peak memory per length."""
     from lcc import compressors
-    from lcc.evaluate import compressed_pass, dense_pass, logits_fn
+    from lcc.job import compress_step, compressed_step, dense_head, dense_step
     from lcc.metrics import summarize
 
     kw = {} if keep_on is None else {"keep_on": keep_on}
-    dense_hidden = {}
+    dense_hidden, hits = {}, {}
     for n, ids in docs.items():
         ids_dev = ids.to(dev)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         med, times, last = interleaved({"floor": lambda: floor_forward(model, ids_dev),
-                                        "dense": lambda: dense_pass(model, ids, **kw)}, dev, reps)
+                                        "dense": lambda: dense_step(model, ids, **kw)}, dev, reps)
         res = last["dense"]
         del last
         reset_peak(dev)  # the peak of lcc alone (the bare forward's full logits are not lcc's)
-        res = dense_pass(model, ids, **kw)
+        ref = dense_step(model, ids, **kw)
+        res = ref.hidden, ref.forward_s
         dense_hidden[n] = res[0]
+        if cache_dir is not None:  # store the entry now, while the model is dense
+            hits[n] = _cache_roundtrip(model, cache_dir, f"bench-{arch}-{n}", ids, keep_on)
         r = rows.setdefault((arch, n), {})
         r.update(floor_dense_s=med["floor"], dense_s=med["dense"], dense_fwd_s=res[1], dense_times=times["dense"],
                  peak_dense_gib=peak_gib(dev), hidden_on=str(res[0][0].device))
-        print(f"[eval] {arch} {n:>6} dense_pass: {med['dense']:.4f} s (forward part {res[1]:.4f} s, hidden kept on "
+        print(f"[eval] {arch} {n:>6} dense_step: {med['dense']:.4f} s (forward part {res[1]:.4f} s, hidden kept on "
               f"{res[0][0].device}); bare forward alongside {med['floor']:.4f} s", flush=True)
     comp = compressors.build({"name": compressor})
-    head = model.get_output_embeddings()
-    dense_w = head.weight.detach().clone() if comp.targets.lm_head else None
-    dense_head = logits_fn(model, dense_w)
+    head = dense_head(model, comp)
     reset_peak(dev)
     sync(dev)
     t0 = time.perf_counter()
-    info = comp.compress(model, None) or {}
+    info = compress_step(comp, model, None).info
     sync(dev)
     t_comp = time.perf_counter() - t0
     peak_comp = peak_gib(dev)
     print(f"[eval] {arch} compress {compressor} ({comp.level()}): {t_comp:.2f} s, peak {peak_comp:.2f} GiB "
           f"{info}", flush=True)
 
-    have_cache = cache_dir is not None and importlib.util.find_spec("lcc.cache") is not None
+    have_cache = cache_dir is not None
     for n, ids in docs.items():
         r = rows[(arch, n)]
         r.update(compress_s=t_comp, peak_compress_gib=peak_comp, compressor=f"{compressor} {comp.level()}")
         ids_dev = ids.to(dev)
         if have_cache:  # a cache hit returns CPU tensors read from disk (checksum-verified)
-            hit = _cache_roundtrip(cache_dir, f"bench-{arch}-{n}", dense_hidden[n], ids)
-            med, _, last = interleaved({"read": hit}, dev, reps)
+            med, _, last = interleaved({"read": hits[n]}, dev, reps)
             r.update(cache_read_s=med["read"])
             cached = last["read"]
-            print(f"[eval] {arch} {n:>6} cache hit (TensorStore.read, checksum-verified): {med['read']:.4f} s",
+            print(f"[eval] {arch} {n:>6} cache hit of dense_step (checksum-verified read): {med['read']:.4f} s",
                   flush=True)
         else:  # what a hit hands to the compressed pass: the dense hidden states in CPU memory
             cached = [h.cpu() for h in dense_hidden[n]]
 
         def comp_and_summary(hidden):
-            per_tok, tm = compressed_pass(model, ids, hidden, dense_head, chunk_size)
-            a = {k: v.numpy() for k, v in per_tok.items()}
-            summary, _ = summarize(a["kl"], a["nll_p"], a["nll_q"], a["agree"])
-            return tm, summary
+            compared = compressed_step(model, ids, hidden, head, chunk_size)
+            summary, _ = summarize(compared.arrays)
+            return {"compressed_forward_s": compared.forward_s, "metrics_s": compared.metrics_s}, summary
         for kern in metrics_kernels:
             os.environ["LCC_METRICS_KERNEL"] = kern
             if dev.type == "cuda":
@@ -275,7 +272,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
                       f"comp_cached_s{sfx}": med["comp_cached"], f"comp_fwd_s{sfx}": tm["compressed_forward_s"],
                       f"metrics_s{sfx}": tm["metrics_s"], f"comp_times{sfx}": times["comp"],
                       f"peak_comp_gib{sfx}": peak, f"kl_mean{sfx}": summary["kl_mean"]})
-            print(f"[eval] {arch} {n:>6} compressed_pass+summarize [metrics {kern}]: {med['comp']:.4f} s "
+            print(f"[eval] {arch} {n:>6} compressed_step+summarize [metrics {kern}]: {med['comp']:.4f} s "
                   f"(forward {tm['compressed_forward_s']:.4f}, metrics {tm['metrics_s']:.4f}); from CPU (cache) "
                   f"hidden {med['comp_cached']:.4f} s; bare forward alongside {med['floor']:.4f} s; "
                   f"KL mean {summary['kl_mean']:.4g}, top1 {summary['top1_agree']:.3f}", flush=True)
@@ -290,20 +287,21 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
 
 
 def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
-    """torch.profiler of one bare forward and one compressed_pass at one length: top kernels by time."""
+    """torch.profiler of one bare forward, one dense_step and one compressed_step at one length: top kernels by time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lcc.evaluate import compressed_pass, dense_pass, logits_fn
+    from lcc.evaluate import logits_fn
+    from lcc.job import compressed_step, dense_step
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     kw = {} if keep_on is None else {"keep_on": keep_on}
-    hidden, _ = dense_pass(model, ids, **kw)
+    hidden = dense_step(model, ids, **kw).hidden
     head = logits_fn(model)
     out = []
     ids_dev = ids.to(dev)
     for name, fn in [("bare forward", lambda: floor_forward(model, ids_dev)),
-                     ("dense_pass", lambda: dense_pass(model, ids, **kw)),
-                     ("compressed_pass", lambda: compressed_pass(model, ids, hidden, head, chunk_size))]:
+                     ("dense_step", lambda: dense_step(model, ids, **kw)),
+                     ("compressed_step", lambda: compressed_step(model, ids, hidden, head, chunk_size))]:
         fn()
         sync(dev)
         with profile(activities=acts) as prof:
@@ -321,6 +319,7 @@ def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
 
 def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, partial_for=()):
     from lcc import compressors
+    from lcc.job import compress_step
 
     n_layers = model.config.num_hidden_layers
     g = torch.Generator().manual_seed(1)
@@ -330,21 +329,19 @@ def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, p
             rows.append(dict(compressor=name, arch=arch, status="not registered"))
             print(f"[compress] {name}: not registered, skipped", flush=True)
             continue
-        cls = compressors.REGISTRY[name]
-        calibrated = bool(getattr(cls, "needs_calibration", cls.calibrated))
+        comp = compressors.build({"name": name})
+        calibrated = comp.needs_calibration()
         layers = n_layers
-        cfg = {"name": name}
         if calibrated and calib_layers and calib_layers < n_layers and name in partial_for:
             layers = calib_layers
-            cfg["targets"] = {"layers": [0, calib_layers]}
+            comp = compressors.build({"name": name, "targets": {"layers": [0, calib_layers]}})
         reinit_(model)
-        comp = compressors.build(cfg)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         reset_peak(dev)
         t0 = time.perf_counter()
         try:
-            info = comp.compress(model, calib if calibrated else None) or {}
+            info = compress_step(comp, model, calib if calibrated else None).info
             status = "ok"
         except Exception as e:  # noqa: BLE001 - report and go on with the next compressor
             info, status = {}, f"failed: {type(e).__name__}: {e}"
@@ -394,7 +391,7 @@ def report(args, env, eval_rows, comp_rows) -> str:
         alt = [k for r in eval_rows.values() for k in r if k.startswith("comp_s_")]
         if alt:
             lines += ["", "Compressed pass with the other metrics implementation (same run):", "",
-                      "| arch | tokens | kernel | compressed_pass s | metrics s | KL mean (default kernel) |",
+                      "| arch | tokens | kernel | compressed_step s | metrics s | KL mean (default kernel) |",
                       "|---|---:|---|---:|---:|---|"]
             for (arch, n), r in sorted(eval_rows.items()):
                 for k in sorted({a[len('comp_s_'):] for a in alt}):
@@ -406,10 +403,10 @@ def report(args, env, eval_rows, comp_rows) -> str:
         if "cache_measured" in some:
             lines += ["", f"bare fwd = `model(ids, use_cache=False)` (full logits), timed alternately with the lcc "
                           f"pass it is compared with, on the same weights (median of {args.reps or '-'} after a "
-                          f"warm-up). lcc no-cache = dense_pass + compressed_pass + summarize; compression itself "
+                          f"warm-up). lcc no-cache = dense_step + compressed_step + summarize; compression itself "
                           f"({some.get('compressor')}, {_f(some.get('compress_s'), '{:.2f}')} s) excluded. "
-                          f"lcc with-cache = compressed_pass + summarize on dense hidden states in CPU memory, as a "
-                          f"cache hit returns them; + cache read adds a serial `lcc.cache.TensorStore.read` "
+                          f"lcc with-cache = compressed_step + summarize on dense hidden states in CPU memory, as a "
+                          f"cache hit returns them; + cache read adds a serial cache hit of `dense_step` "
                           f"(xxh3-checked) of the entry. Ratio target <= {RATIO_TARGET}. Peak = max allocated over "
                           f"the lcc evaluation of that length (dense pass, in-place compression, compressed pass); "
                           f"lcc never holds two model copies."]
@@ -464,7 +461,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-compressor", default="quant", help="compressor of the eval section's job")
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--keep-on", default=None,
-                   help="dense_pass keep_on (cpu | auto | cuda); default: dense_pass's own default, as lcc.job")
+                   help="dense_step keep_on (cpu | auto | cuda); default: its own default, as lcc.job")
     p.add_argument("--metrics-kernels", default="auto",
                    help="metrics implementations to time in the compressed pass: auto (fused on CUDA), torch")
     p.add_argument("--profile-length", type=int, default=None, help="length for the profile section")

@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcc.names import TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE, WANDB_LEVEL, WANDB_X, ctx_label
+from lcc.names import (FIG_CURVE, FIG_SENSITIVITY, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE, WANDB_LEVEL, WANDB_X,
+                       ctx_label)
 
 GROUP_BY = ["config.compressor.name", f"config.{WANDB_LEVEL}"]
 
@@ -50,21 +51,22 @@ def build_report(project: str, entity: str, ctx_tokens: list[int], group: str | 
         blocks += [wr.H2(text=f"KL vs position, ctx {lab}"),
                    wr.PanelGrid(runsets=[runset(f"ctx {lab}", "job", ctx, GROUP_BY)], panels=[
                        wr.LinePlot(title=f"KL vs position (octave bins), ctx {lab}", x=WANDB_X,
-                                   y=[f"{WANDB_BIN}kl_mean"], log_x=True, log_y=True,
+                                   y=[f"{WANDB_BIN}{FIG_CURVE.key}"], log_x=True, log_y=True,
                                    title_x="position (tokens)", title_y="KL [nats/token]",
                                    groupby_aggfunc="mean", groupby_rangefunc="stderr",
                                    layout=wr.Layout(x=0, y=0, w=12, h=8)),
                        wr.LinePlot(title=f"KL per position (log-spaced means), ctx {lab}", x=WANDB_X,
-                                   y=[f"{WANDB_CURVE}kl_mean"], log_x=True, log_y=True,
+                                   y=[f"{WANDB_CURVE}{FIG_CURVE.key}"], log_x=True, log_y=True,
                                    title_x="position (tokens)", title_y="KL [nats/token]",
                                    groupby_aggfunc="mean", groupby_rangefunc="stderr",
                                    layout=wr.Layout(x=12, y=0, w=12, h=8))])]
     blocks += [wr.H2(text="Sensitivity to context length"),
                wr.PanelGrid(runsets=[runset("jobs", "job")], panels=[
-                   wr.ScatterPlot(title="mean KL vs ctx", x=wr.Config(WANDB_CTX), y=wr.SummaryMetric("kl_mean"),
-                                  log_x=True, layout=wr.Layout(x=0, y=0, w=12, h=8)),
+                   wr.ScatterPlot(title="mean KL vs ctx", x=wr.Config(WANDB_CTX),
+                                  y=wr.SummaryMetric(FIG_SENSITIVITY[0].key), log_x=True,
+                                  layout=wr.Layout(x=0, y=0, w=12, h=8)),
                    wr.ScatterPlot(title="late KL slope (positions >= 512) vs ctx", x=wr.Config(WANDB_CTX),
-                                  y=wr.SummaryMetric("kl_slope_late"), log_x=True,
+                                  y=wr.SummaryMetric(FIG_SENSITIVITY[1].key), log_x=True,
                                   layout=wr.Layout(x=12, y=0, w=12, h=8))]),
                wr.H2(text="Sensitivity tables and figures (reduce runs)"),
                wr.PanelGrid(runsets=[runset("reduce", "reduce")], panels=[

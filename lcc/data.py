@@ -1,4 +1,4 @@
-"""Texts -> token ids -> evaluation windows.
+"""Texts -> token ids -> evaluation windows and calibration batches.
 
 Every source gives a list of documents. ``join_docs`` sources (pydoc, WikiText) are one stream; for the
 others (PG-19 books, local files) a window never crosses a document boundary. Windows are
@@ -99,3 +99,24 @@ def eval_windows(cfg: Any, tokenizer: Any, ctx: int, n_docs: int, seed: int) -> 
         windows = torch.cat([torch.full((n_docs, 1), bos, dtype=torch.long), windows], 1)
     log.info("data %s: %d windows of %d tokens (source: %d tokens read)", cfg.name, n_docs, ctx, total)
     return windows
+
+
+def calibration_batch(cfg_calib: Any, tokenizer: Any) -> torch.LongTensor:
+    """``n_samples`` random windows of ``seqlen`` tokens from the calibration stream, seeded by ``seed``.
+
+    ``cfg_calib`` is a ``calib`` config (``data``, ``n_samples``, ``seqlen``, ``seed``); the stream comes
+    from ``token_stream(cfg_calib.data, tokenizer)`` (a 1-D LongTensor)."""
+    get = cfg_calib.get if hasattr(cfg_calib, "get") else (lambda k, d=None: getattr(cfg_calib, k, d))
+    n, seqlen, seed = int(get("n_samples", 128)), int(get("seqlen", 2048)), int(get("seed", 0))
+    if n < 1:
+        raise ConfigError(f"calib.n_samples={n} is invalid; valid: a positive integer")
+    if seqlen < 1:
+        raise ConfigError(f"calib.seqlen={seqlen} is invalid; valid: a positive integer")
+    stream = torch.as_tensor(token_stream(get("data"), tokenizer)).long().flatten()
+    if stream.numel() < seqlen:
+        name = get("data", {}).get("name", "?") if hasattr(get("data", {}), "get") else "?"
+        raise ConfigError(f"calib.seqlen={seqlen} is longer than the calibration stream {name!r} "
+                          f"({stream.numel()} tokens); lower calib.seqlen or choose a larger calib.data")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=g)
+    return torch.stack([stream[s:s + seqlen] for s in starts.tolist()])

@@ -52,7 +52,7 @@ def level_colors(df: pd.DataFrame) -> dict[tuple, tuple]:
     cmap = plt.get_cmap("viridis")
     out = {}
     for comp, rows in df.groupby("compressor"):
-        order = rows.groupby("level")["kl_mean"].mean().sort_values(kind="stable").index.tolist()
+        order = rows.groupby("level")[FIG_SENSITIVITY[0].key].mean().sort_values(kind="stable").index.tolist()
         n = len(order)
         for i, lev in enumerate(order):
             out[(comp, lev)] = cmap(0.05 + 0.8 * i / (n - 1) if n > 1 else 0.3)
@@ -230,7 +230,7 @@ def sensitivity_figure(jobs: pd.DataFrame):
             if shown.key.startswith("kl_slope"):
                 ax.axhline(0, color="0.5", lw=0.8, ls=":")
             vals = rows[shown.key].dropna()
-            if shown.key == "kl_mean" and len(vals) and vals.min() > 0 and vals.max() / vals.min() >= 5:
+            if shown.key == FIG_SENSITIVITY[0].key and len(vals) and vals.min() > 0 and vals.max() / vals.min() >= 5:
                 log_y_axis(ax)  # levels orders of magnitude apart
             if rows[shown.key].isna().all():
                 ax.text(0.5, 0.5, "undefined at these ctx\n(needs ≥ 2 bins from position 512: ctx > 1k)"

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lcc.names import (BIN_KEYS, CURVE_KEYS, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
-                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_X, WANDB_X_LOG2, ctx_label)
+from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
+                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label)
 from lcc.outputs import flatten  # noqa: F401  (re-exported: lcc.logger.flatten)
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,10 @@ def history_rows(result: dict, curve: pd.DataFrame | None) -> list[dict]:
         lp = b["log2_pos"]
         row = {WANDB_X: 2.0 ** lp, WANDB_X_LOG2: lp}
         row.update({f"{WANDB_BIN}{k}": b[k] for k in BIN_KEYS if k != "log2_pos" and _finite(b.get(k))})
-        if _finite(b.get("kl_se")):
-            row[f"{WANDB_BIN}kl_lo"] = b["kl_mean"] - b["kl_se"]
-            row[f"{WANDB_BIN}kl_hi"] = b["kl_mean"] + b["kl_se"]
+        m, se = FIG_CURVE.key, FIG_CURVE.se  # the KL band of the dashboard's KL-vs-position panel
+        if _finite(b.get(se)):
+            row[f"{WANDB_BIN}kl_lo"] = b[m] - b[se]
+            row[f"{WANDB_BIN}kl_hi"] = b[m] + b[se]
         rows.append(row)
     if curve is not None and len(curve):
         for _, r in log_spaced(curve).iterrows():
@@ -115,6 +116,14 @@ def job_tags(result: dict, extra) -> list[str]:
     return list(dict.fromkeys(t[:64] for t in tags + [str(t) for t in (extra or [])]))
 
 
+def _task_wandb_keys(result: dict) -> set[str]:
+    """Summary keys of a task job shown in W&B (lcc.tasks.base's metric tables)."""
+    from lcc.tasks.base import LM_EVAL_METRICS, TASK_METRICS, metrics_shown
+
+    table = LM_EVAL_METRICS if result.get("lm_eval") else TASK_METRICS
+    return {k for m in metrics_shown("wandb", table) for k in (m.key, f"{m.key}_se")} | {"n_prompts"}
+
+
 def log_result(cfg, result: dict, out: Path) -> None:
     """Log one finished job (its files are complete before this runs)."""
     from omegaconf import OmegaConf
@@ -144,7 +153,8 @@ def log_result(cfg, result: dict, out: Path) -> None:
                 if rows := result.get(key):
                     cols = list(rows[0].keys())
                     run.log({f"task/{key}": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
-            run.summary.update({**{k: v for k, v in result["summary"].items()},
+            shown = WANDB_SUMMARY if result.get("task", "kl") == "kl" else _task_wandb_keys(result)
+            run.summary.update({**{k: v for k, v in result["summary"].items() if k in shown},
                                 **{f"time/{k}": v for k, v in result["timings"].items()},
                                 "level": result["level"], "compressor": result["compressor"],
                                 "ctx": result["ctx"], "model": result["model"],

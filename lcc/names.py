@@ -1,9 +1,12 @@
-"""The metric names lcc's outputs show, in one table: the sensitivity tables, the figures, W&B (history,
-summary, the reduce run) and the dashboard read them from here. Definitions of the numbers:
-docs/metrics.md. (When a metric registry exists, these entries are the ones to point at it.)"""
+"""How lcc's outputs show the metrics: the sensitivity tables, the figures, W&B (history, summary, the reduce
+run) and the dashboard read their names from here. The metrics themselves (keys, SEs, labels, where they go)
+are named once, in ``lcc.metrics.registry``; the lists below are derived from it. Definitions of the numbers:
+docs/metrics.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from lcc.metrics import registry
 
 
 def ctx_label(tokens: int) -> str:
@@ -21,31 +24,25 @@ class Shown:
 
 
 #: summary numbers of a job, copied into sensitivity.csv, the W&B summary and the reduce run's table
-SUMMARY_COLS = ["kl_mean", "kl_se", "kl_slope", "kl_slope_se", "kl_slope_late", "kl_slope_late_se", "kl_median",
-                "kl_p90", "kl_p99", "kl_max", "top1_agree", "top1_agree_se", "delta_nll", "delta_nll_se",
-                "ppl_dense", "ppl_compressed", "n_docs", "n_positions"]
+SUMMARY_COLS = registry.summary_keys()
+
+#: summary numbers in a job's W&B run summary
+WANDB_SUMMARY = registry.wandb_keys()
 
 #: one sensitivity table each (rows model x data x compressor x level, columns ctx; cells mean ± SE)
-TABLES = [
-    Shown("kl_mean", "kl_se", "mean KL (nats/token) ± SE", "mean_kl"),
-    Shown("kl_slope", "kl_slope_se", "KL slope per doubling of position ± SE", "kl_slope"),
-    Shown("kl_slope_late", "kl_slope_late_se", "KL slope per doubling, positions >= 512 only ± SE",
-          "kl_slope_late"),
-    Shown("top1_agree", "top1_agree_se", "top-1 agreement", "top1_agree"),
-    Shown("delta_nll", "delta_nll_se", "ΔNLL = ln(PPL_c / PPL_d) ± SE", "delta_nll"),
-]
+TABLES = [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug) for m in registry.table_metrics()]
 
 #: per-bin numbers of result.json's ``curve`` (octave bins), in the tidy file and the W&B history
-BIN_KEYS = ["bin_lo", "bin_hi", "log2_pos", "kl_mean", "kl_se", "delta_nll", "delta_nll_se", "top1_agree"]
+BIN_KEYS = ["bin_lo", "bin_hi", "log2_pos", *registry.curve_keys()]
 #: per-position means of curve.parquet (column ``position`` is the x)
-CURVE_KEYS = ["kl_mean", "nll_dense", "nll_compressed", "top1_agree"]
+CURVE_KEYS = registry.position_columns()
 
 #: KL-vs-position figure: the binned curve's mean and SE
-FIG_CURVE = Shown("kl_mean", "kl_se", "KL(P_dense ‖ Q) [nats/token], octave-bin mean ± SE", "kl_vs_position")
+_KL, _LATE = registry.metric("kl_mean"), registry.metric("kl_slope_late")
+FIG_CURVE = Shown(_KL.name, _KL.se, "KL(P_dense ‖ Q) [nats/token], octave-bin mean ± SE", "kl_vs_position")
 #: sensitivity figure: one row of panels each, x = ctx
-FIG_SENSITIVITY = [Shown("kl_mean", "kl_se", "mean KL [nats/token]", "mean_kl"),
-                   Shown("kl_slope_late", "kl_slope_late_se", "late KL slope [nats/doubling]\n(positions ≥ 512)",
-                         "kl_slope_late")]
+FIG_SENSITIVITY = [Shown(_KL.name, _KL.se, "mean KL [nats/token]", _KL.table_slug),
+                   Shown(_LATE.name, _LATE.se, "late KL slope [nats/doubling]\n(positions ≥ 512)", _LATE.table_slug)]
 
 # W&B history of a job: two series, each row also carrying both x-axes (define_metric step metrics)
 WANDB_X = "position"              # token position (bins: 2^log2_pos, the bin's geometric centre)

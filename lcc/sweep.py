@@ -10,6 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's ConfigStore)
+
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
 

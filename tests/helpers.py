@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
+import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver and the compressor configs)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "lcc" / "conf")

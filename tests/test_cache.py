@@ -57,7 +57,7 @@ def test_key_is_canonical():
 
 
 def test_sharded_entry(tmp_path, monkeypatch):
-    monkeypatch.setattr("lcc.cache.SHARD_BYTES", 64 * 16 * 4)  # one hidden tensor per shard
+    monkeypatch.setattr("lcc.cache.store.SHARD_BYTES", 64 * 16 * 4)  # one hidden tensor per shard
     store = TensorStore(tmp_path, "dense")
     t, meta, _ = store.get_or_create("k" * 64, {}, lambda: (_tensors(), {}))
     assert len(meta["parts"]) >= 2
@@ -210,7 +210,7 @@ def test_disk_full_before_write_is_a_clear_error(tmp_path, monkeypatch):
     class Usage:
         free = 10
 
-    monkeypatch.setattr("lcc.cache.shutil.disk_usage", lambda p: Usage)
+    monkeypatch.setattr("lcc.cache.store.shutil.disk_usage", lambda p: Usage)
     with pytest.raises(OSError) as e:
         store.get_or_create("f" * 64, {}, lambda: (_tensors(), {}))
     assert e.value.errno == errno.ENOSPC and str(store.dir) in str(e.value)
@@ -227,7 +227,7 @@ def test_enospc_during_write_leaves_nothing(tmp_path, monkeypatch, where):
     if where == "save":
         monkeypatch.setattr("safetensors.torch.save_file", enospc)
     else:
-        monkeypatch.setattr("lcc.cache.os.replace", enospc)
+        monkeypatch.setattr("lcc.cache.store.os.replace", enospc)
     with pytest.raises(OSError) as e:
         store.get_or_create("e" * 64, {}, lambda: (_tensors(), {}))
     assert e.value.errno == errno.ENOSPC and str(store.dir) in str(e.value) and "cache.dir" in str(e.value)
@@ -257,8 +257,9 @@ def test_no_pickle_anywhere_in_cache_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     assert store.read("n" * 64) is not None
-    src = (Path(__file__).resolve().parent.parent / "lcc" / "cache.py").read_text()
-    assert "import pickle" not in src and "torch.load" not in src and "pickle.load" not in src
+    for f in (Path(__file__).resolve().parent.parent / "lcc" / "cache").glob("*.py"):
+        src = f.read_text()
+        assert "import pickle" not in src and "torch.load" not in src and "pickle.load" not in src, f
 
 
 # ---- through lcc.job.run ---------------------------------------------------------------------------

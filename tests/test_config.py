@@ -11,6 +11,9 @@ GROUPS = ["model", "data", "ctx", "compressor", "calib", "logger"]
 
 
 def options(group):
+    if group == "compressor":  # structured configs made from the compressor classes (no YAML)
+        from lcc.compressors import REGISTRY
+        return sorted(REGISTRY)
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 

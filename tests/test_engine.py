@@ -7,23 +7,32 @@ import torch
 
 from lcc import ConfigError
 from lcc.compressors.base import Targets
-from lcc.compressors.engine import Method, calibration_batch, capture_inputs, run_sequential
+from lcc.compressors.engine import Stats, capture_inputs, run_sequential
+from lcc.data import calibration_batch
 from lcc.models import tiny_llama
 
 
-class Recorder(Method):
-    """Records the inputs of every Linear and scales weights by ``factor`` when compressing."""
+class Recorder(Stats):
+    """Records the inputs of every Linear (the statistic: how many it saw) and, as the per-layer rule,
+    scales weights by ``factor``."""
 
     def __init__(self, factor=1.0):
         self.inputs, self.factor, self.order = {}, factor, []
 
-    def add_batch(self, name, linear, inp):
+    def add_batch(self, name, inp):
         self.inputs.setdefault(name, []).append(inp.clone())
 
-    def compress_layer(self, name, linear):
+    def pop(self, name):
+        return len(self.inputs[name])
+
+    def rule(self, name, linear, seen):
         self.order.append(name)
         linear.weight.data.mul_(self.factor)
-        return {"seen": len(self.inputs[name])}
+        return {"seen": seen}
+
+
+def run(model, calib, targets, rec, **kw):
+    return run_sequential(model, calib, targets, rec, rec.rule, **kw)
 
 
 def real_inputs(model, calib, name):
@@ -48,7 +57,7 @@ def calib():
 def test_engine_replays_the_real_forward(calib, attn):
     model = tiny_llama(n_layers=3, seed=0, attn_implementation=attn).eval()
     rec = Recorder(1.0)
-    facts = run_sequential(model, calib, Targets(), rec)
+    facts = run(model, calib, Targets(), rec)
     for name in ("layers.0.self_attn.q_proj", "layers.2.mlp.down_proj", "layers.1.self_attn.o_proj"):
         ref = real_inputs(model, calib, name)
         assert len(rec.inputs[name]) == 3
@@ -76,10 +85,10 @@ def test_propagate_flag_changes_later_inputs(calib):
 
     m_prop = tiny_llama(n_layers=2, seed=0).eval()
     rec_p = Recorder(0.3)
-    run_sequential(m_prop, calib, Targets(), rec_p, propagate=True)
+    run(m_prop, calib, Targets(), rec_p, propagate=True)
     m_dense = tiny_llama(n_layers=2, seed=0).eval()
     rec_d = Recorder(0.3)
-    run_sequential(m_dense, calib, Targets(), rec_d, propagate=False)
+    run(m_dense, calib, Targets(), rec_d, propagate=False)
 
     # propagate=False: layer 1 saw the dense outputs of layer 0
     for a, b in zip(rec_d.inputs[name], dense_inputs):
@@ -101,7 +110,7 @@ def test_targets_restrict_layers_and_modules(calib):
     model = tiny_llama(n_layers=3, seed=0).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rec = Recorder(0.0)
-    run_sequential(model, calib, Targets(modules=["mlp"], layers=[1, 2]), rec)
+    run(model, calib, Targets(modules=["mlp"], layers=[1, 2]), rec)
     assert sorted(rec.order) == ["layers.1.mlp.down_proj", "layers.1.mlp.gate_proj", "layers.1.mlp.up_proj"]
     after = model.state_dict()
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
@@ -111,7 +120,7 @@ def test_targets_restrict_layers_and_modules(calib):
 
 def test_engine_needs_calibration():
     with pytest.raises(ConfigError, match="calib"):
-        run_sequential(tiny_llama(n_layers=1), None, Targets(), Recorder())
+        run(tiny_llama(n_layers=1), None, Targets(), Recorder())
 
 
 @pytest.fixture

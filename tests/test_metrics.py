@@ -109,7 +109,7 @@ def test_summarize_on_constructed_data():
     nll_q = np.full((d, t), 2.5)
     agree = np.zeros((d, t))
     agree[:, ::2] = 1
-    s, curve = summarize(kl, nll_p, nll_q, agree)
+    s, curve = summarize({"kl": kl, "nll_p": nll_p, "nll_q": nll_q, "agree": agree})
     assert s["kl_slope"] == pytest.approx(0.01, rel=1e-9)
     assert s["kl_slope_se"] == pytest.approx(0.0, abs=1e-12)
     assert s["kl_mean"] == pytest.approx(kl.mean())
@@ -129,6 +129,74 @@ def test_late_slope_ignores_the_early_positions():
     # high early KL that decays (a U's left arm), then a rise of 0.02 per doubling from position 512 on
     kl = np.stack([np.where(pos < 512, 1.0 / np.sqrt(pos), 0.1 + 0.02 * np.log2(pos / 512)) + 0.01 * i
                    for i in range(d)])
-    s, curve = summarize(kl, kl * 0, kl * 0, kl * 0)
+    s, curve = summarize({"kl": kl, "nll_p": kl * 0, "nll_q": kl * 0, "agree": kl * 0})
     assert s["kl_slope"] < 0.0  # the all-bins slope is dominated by the early positions
     assert s["kl_slope_late"] == pytest.approx(0.02, rel=0.05)
+
+
+def test_registry_names_every_summary_key_once():
+    from lcc.metrics import registry
+
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.random((3, 700)) for k in ("kl", "nll_p", "nll_q", "agree")}
+    s, curve = summarize(arrays)
+    keys = registry.summary_keys()
+    assert list(s) == keys and len(set(keys)) == len(keys)
+    assert set(curve[0]) == {"bin_lo", "bin_hi", "log2_pos"} | {
+        k for m in registry.METRICS if m.curve for k in (m.name, m.se if m.curve_se else None) if k}
+    assert registry.log_line(s).startswith(f"KL {s['kl_mean']:.4g} ± {s['kl_se']:.2g}  slope")
+
+
+def test_a_per_prompt_metric_plugs_into_the_registry(monkeypatch):
+    """A task metric (accuracy over prompts) is one Series and one Metric: summarize, the log line and the
+    table list pick it up; the prompt is its unit of uncertainty."""
+    from lcc.metrics import registry
+    from lcc.metrics.registry import Metric, Series, binomial
+
+    monkeypatch.setattr(registry, "SERIES", [*registry.SERIES, Series("correct", "answered exactly", per="prompt")])
+    monkeypatch.setattr(registry, "METRICS", [*registry.METRICS, Metric(
+        "acc", "correct", binomial, "accuracy", se="acc_se", table=True, log="acc {v:.2f}")])
+    s, curve = summarize({"correct": np.array([1.0, 0.0, 1.0, 1.0, np.nan])})
+    assert s == {"acc": 0.75, "acc_se": pytest.approx(math.sqrt(0.75 * 0.25 / 4))} and curve == []
+    assert registry.log_line(s) == "acc 0.75"
+    assert "acc" in [m.name for m in registry.table_metrics()] and "acc_se" in registry.summary_keys()
+
+
+@pytest.mark.slow
+def test_a_new_metric_is_one_registry_entry(tmp_path):
+    """Copy the package, add one Metric to the registry and nothing else: a sweep's summaries, the job's log
+    line, reduce's csv and tables and the tidy bins all carry it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.helpers import ROOT
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
+    reg = src / "lcc" / "metrics" / "registry.py"
+    text = reg.read_text()
+    anchor = '    Metric("ppl_dense", "nll_p", perplexity, "perplexity of the dense model"),\n'
+    assert anchor in text
+    reg.write_text(text.replace(anchor, anchor + '    Metric("nll_gap", "delta_nll", mean_over_units, "NLL gap (test)", '
+                                               'se="nll_gap_se", table=True, curve=True, log="gap {v:.3g}"),\n'))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    sweep = tmp_path / "sweep"
+    p = subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=256", "n_docs=2",
+                        "logger=none", "compressor=quant", "compressor.bits=3,4", "cache.enabled=false",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, text=True, capture_output=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (p.stdout + p.stderr).count("  gap ") == 2  # the log line of each job
+    for f in sweep.glob("*/result.json"):
+        r = json.loads(f.read_text())
+        assert r["summary"]["nll_gap"] == r["summary"]["delta_nll"] and "nll_gap_se" in r["summary"]
+        assert all(b["nll_gap"] == b["delta_nll"] for b in r["curve"])
+    csv = pd.read_csv(sweep / "sensitivity.csv")
+    assert "nll_gap" in csv and "nll_gap_se" in csv and len(csv) == 2
+    assert "## NLL gap (test) ± SE" in (sweep / "sensitivity.md").read_text()
+    assert "nll_gap" in pd.read_parquet(sweep / "curves.parquet")

@@ -1,35 +1,78 @@
-"""Compressors, registered by name. ``build(cfg)`` turns a ``compressor`` config into an instance."""
+"""Compressors, registered by name: every module of this package is imported (discovered, not listed), and
+every :class:`~lcc.compressors.base.Compressor` subclass with a ``name`` registers itself.
+
+``build(cfg)`` turns a ``compressor`` config into an instance (validating it). Each registered compressor is
+also the Hydra config ``compressor=<name>``: its schema (``config_node``) is made from the class's fields and
+stored in Hydra's ConfigStore, so the defaults exist once, in Python. ``python -m lcc.compressors`` lists
+every compressor with its parameters.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
 from typing import Any
 
 from lcc import ConfigError
-from lcc.compressors.base import REGISTRY, Compressor, Targets, get, qualify, register  # noqa: F401
-from lcc.compressors import simple  # noqa: F401  (registers none, magnitude, quant)
-from lcc.compressors import prune, gptq, quant_wa, mixed, kv, compose  # noqa: F401,E401  (register the rest)
+from lcc.compressors.base import REGISTRY, Compressor, Storage, Targets, build, get, qualify  # noqa: F401
 
-
-def _plain(cfg: Any) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
-def build(cfg: Any) -> Compressor:
-    """``cfg`` is a mapping with ``name`` and the compressor's parameters."""
-    params = _plain(cfg)
-    name = params.pop("name", None)
-    return get(name)(**params)
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "__main__":
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
 
 def validate(cfg: Any) -> None:
-    """Raise ConfigError naming the bad key (``compressor.bits=9 ...``) and the valid choices."""
-    params = _plain(cfg)
-    name = params.pop("name", None)
-    targets = params.pop("targets", None)
-    cls = get(name)
+    """Raise ConfigError naming the bad key (``compressor.bits=9 ...``) and the valid choices: constructs the
+    compressor from a ``compressor`` config."""
     try:
-        cls.validate(params)
-        Targets.check(targets)
+        build(cfg)
     except ConfigError as e:
-        raise ConfigError(qualify(str(e), cls.params)) from None
+        name = (cfg or {}).get("name") if hasattr(cfg, "get") else None
+        keys = [f.name for f in REGISTRY[name].param_fields()] if name in REGISTRY else []
+        raise ConfigError(qualify(str(e), keys)) from None
+
+
+def _node_default(f: dataclasses.Field) -> dict:
+    if f.metadata.get("config", dataclasses.MISSING) is not dataclasses.MISSING:
+        return {"default": f.metadata["config"]}
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return {"default_factory": f.default_factory}
+    return {"default": f.default}
+
+
+@dataclasses.dataclass
+class TargetsConfig:
+    """The Hydra schema of ``compressor.targets`` (values are checked by ``Targets``)."""
+
+    modules: Any = None
+    layers: Any = None
+    lm_head: Any = False
+
+
+def config_node(cls: type[Compressor]) -> type:
+    """The Hydra schema of ``compressor=<cls.name>``: ``name`` and one key per field, with the field's default.
+    Values are typed ``Any`` here: the compressor's own validation (run on every job before launch) checks
+    them and names the valid choices, stricter than OmegaConf's conversions (which take 1 for true)."""
+    fields: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
+    for f in dataclasses.fields(cls):
+        if f.name == "targets":
+            if cls.uses_targets:
+                fields.append(("targets", TargetsConfig, dataclasses.field(default_factory=TargetsConfig)))
+        else:
+            fields.append((f.name, Any, dataclasses.field(**_node_default(f))))
+    node = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+    node.__module__ = __name__  # importable by name: submitit pickles composed configs
+    node.__doc__ = cls.__doc__
+    globals()[node.__name__] = node
+    return node
+
+
+def _store_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, cls in sorted(REGISTRY.items()):
+        cs.store(group="compressor", name=name, node=config_node(cls), provider="lcc")
+
+
+_store_configs()

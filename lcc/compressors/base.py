@@ -1,16 +1,38 @@
-"""The one compressor interface, the name registry, and target selection.
+"""The one compressor contract, the name registry, and target selection.
 
 A compressor is a small class that changes a model *in place*. The evaluator runs the dense model first,
 then calls ``compress`` on the same model and runs it again, so only one copy of the weights is ever
-resident. Compressors that need activations declare ``calibrated = True`` and receive calibration
-batches; compressors that act during the forward pass (KV-cache quantization, activation quantization)
-install forward hooks in ``compress`` and leave them there.
+resident.
+
+**Parameters are fields, declared once.** Every subclass of :class:`Compressor` is made a dataclass (keyword
+only) and, if it sets ``name``, registered under that name. Each parameter is a field declared with
+:func:`param` (default, one line of documentation, the valid values). That one declaration is
+
+* the constructor: ``Quant(bits=3)``; ``build({"name": "quant", "bits": 3})`` from a config mapping;
+* the validation, run on construction: the annotation's type (booleans are booleans), then the field's
+  ``valid`` rule, then the class's cross-field ``check()``; every failure is a :class:`lcc.ConfigError`
+  naming the value and the valid choices;
+* the Hydra schema of ``compressor=<name>`` (``lcc.compressors.config_node``: no YAML repeats a default);
+* the documentation: ``python -m lcc.compressors`` lists every compressor with its fields.
+
+**Capabilities are methods**: ``needs_calibration()`` (``compress`` then gets calibration token ids),
+``storage()`` (what the compressed-weights cache stores: a keep-mask, the weights, or nothing, see
+:class:`Storage`), ``acts_at_runtime()`` (``compress`` installs hooks or an attention function that act during
+the forward pass: KV cache, activations; their storage is ``NONE``), ``prunes()`` (its zeros must survive
+later stages of a composition). ``uses_targets`` (class attribute: whether ``targets`` is a parameter at all)
+and ``target_candidates`` (what ``targets.modules`` selects from) say what it acts on.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
-from typing import Any, ClassVar
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -19,23 +41,6 @@ from lcc import ConfigError
 
 REGISTRY: dict[str, type["Compressor"]] = {}
 
-#: Keys every compressor config may carry besides its own parameters.
-COMMON_KEYS = {"name", "targets"}
-
-
-def register(cls: type["Compressor"]) -> type["Compressor"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def qualify(message: str, params: Any, prefix: str = "compressor.") -> str:
-    """``bits=9 is invalid`` -> ``compressor.bits=9 is invalid``: a message that starts with one of the
-    compressor's keys names it by its full config key."""
-    m = re.match(r"([A-Za-z_]\w*)[=.\[]", message)
-    if m and (m.group(1) in params or m.group(1) in COMMON_KEYS or m.group(1) == "stages"):
-        return prefix + message
-    return message
-
 
 def get(name: str) -> type["Compressor"]:
     if name not in REGISTRY:
@@ -43,108 +48,93 @@ def get(name: str) -> type["Compressor"]:
     return REGISTRY[name]
 
 
-class Compressor:
-    """Base class. Subclasses set ``name``, ``params`` (defaults) and implement ``compress``."""
-
-    name: ClassVar[str]
-    #: parameter name -> default value. Only these keys (plus COMMON_KEYS) are accepted.
-    params: ClassVar[dict[str, Any]] = {}
-    #: True if ``compress`` needs calibration batches (runs through the sequential engine).
-    calibrated: ClassVar[bool] = False
-    #: True if ``compress`` only changes parameters of ``target_linears(model, self.targets)`` (no hooks, no
-    #: model attributes): lcc.job then stores the compressed weights once and reuses them (docs/caching.md).
-    cacheable: ClassVar[bool] = False
-    #: True if ``compress`` only sets weights of those Linears to zero and leaves every other value as it was
-    #: (magnitude, wanda, random; not sparsegpt, which also updates the weights it keeps): the compressed-weights
-    #: cache then stores one bit per weight (which ones survive) instead of a copy of the weights.
-    zeroes_only: ClassVar[bool] = False
-
-    def __init__(self, targets: dict | None = None, **kwargs: Any):
-        self.validate(kwargs)
-        for key, default in self.params.items():
-            setattr(self, key, kwargs.get(key, default))
-        self.targets = Targets(**(targets or {}))
-
-    # ---- configuration -------------------------------------------------------------------------
-    @classmethod
-    def validate(cls, kwargs: dict[str, Any]) -> None:
-        """Raise ConfigError naming a bad key/value and the valid choices."""
-        unknown = set(kwargs) - set(cls.params) - COMMON_KEYS
-        if unknown:
-            raise ConfigError(
-                f"compressor {cls.name!r} does not take {sorted(unknown)}; "
-                f"valid parameters: {sorted(cls.params) or 'none'}")
-        for key, v in kwargs.items():  # a boolean parameter takes a real boolean only (bool('no') is True)
-            if isinstance(cls.params.get(key), bool) and not isinstance(v, bool):
-                raise ConfigError(f"{key}={v!r} is invalid; valid: true or false (a YAML boolean)")
-        cls.check(kwargs)
-
-    @classmethod
-    def check(cls, kwargs: dict[str, Any]) -> None:
-        """Range checks of a subclass; called with the user's values (defaults not filled in)."""
-
-    def level(self) -> str:
-        """Short label of the compression level, used as a row of the sensitivity table."""
-        return ",".join(f"{k}={getattr(self, k)}" for k in self.params) or "-"
-
-    # ---- what it acts on -----------------------------------------------------------------------
-    #: False for compressors that ignore ``targets`` (none).
-    uses_targets: ClassVar[bool] = True
-    #: True if ``compress`` installs something that acts during the forward (hooks, an attention function),
-    #: so that an unchanged set of weights still means a compressed model (kv, quant_wa with a_bits < 16).
-    acts_at_runtime: ClassVar[bool] = False
-
-    @staticmethod
-    def target_candidates(block: nn.Module) -> dict[str, nn.Module]:
-        """The modules of a decoder block that ``targets.modules`` selects from (name inside the block)."""
-        return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-
-    def check_targets(self, model: nn.Module) -> None:
-        """Raise ConfigError if ``targets`` selects nothing in ``model``: a layer range outside the model, or a
-        ``modules`` entry that matches no module (the message lists the available names and the layer count)."""
-        problem = targets_problem(model, self.targets, self.target_candidates)
-        if problem:
-            raise ConfigError(f"compressor.{problem} (compressor {self.name})")
-
-    # ---- work ----------------------------------------------------------------------------------
-    def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
-        """Compress ``model`` in place. ``calib`` is a LongTensor [n_samples, seqlen] of token ids
-        when ``calibrated`` is True. Returns facts worth logging (achieved sparsity, bits, ...)."""
-        raise NotImplementedError
+def qualify(message: str, keys: Any, prefix: str = "compressor.") -> str:
+    """``bits=9 is invalid`` -> ``compressor.bits=9 is invalid``: a message that starts with one of the
+    compressor's keys names it by its full config key."""
+    m = re.match(r"([A-Za-z_]\w*)[=.\[]", message)
+    if m and (m.group(1) in keys or m.group(1) in ("name", "targets", "stages")):
+        return prefix + message
+    return message
 
 
-# ---- range-check helpers -----------------------------------------------------------------------
-def check_int(kwargs: dict, key: str, lo: int, hi: int, what: str = "") -> None:
-    if key in kwargs:
-        v = kwargs[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ConfigError(f"{what or key}={v!r} is invalid; valid: an integer in {lo}..{hi}")
+# ---- parameters ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Valid:
+    """A rule on one parameter's value: ``ok(value)`` and how to describe the valid values."""
+
+    text: str
+    ok: Callable[[Any], bool] = lambda v: True
 
 
-def check_fraction(kwargs: dict, key: str, lo_closed: bool = True, hi_closed: bool = False) -> None:
-    if key in kwargs:
-        v = kwargs[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        ok = ok and (0 <= v if lo_closed else 0 < v) and (v <= 1 if hi_closed else v < 1)
-        if not ok:
-            rng = f"{'[' if lo_closed else '('}0, 1{']' if hi_closed else ')'}"
-            raise ConfigError(f"{key}={v!r} is invalid; valid: a number in {rng}")
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_group_size(kwargs: dict, key: str = "group_size", whole: str = "one group per row",
-                     hi: int = 1 << 20) -> None:
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def ints(lo: int, hi: int, extra: str = "") -> Valid:
+    """An integer in ``lo..hi``."""
+    return Valid(f"an integer in {lo}..{hi}{extra}", lambda v: _is_int(v) and lo <= v <= hi)
+
+
+def fraction(lo_closed: bool = True, hi_closed: bool = False) -> Valid:
+    """A number in [0, 1) (or the interval with the given closed ends)."""
+    rng = f"{'[' if lo_closed else '('}0, 1{']' if hi_closed else ')'}"
+    return Valid(f"a number in {rng}", lambda v: _is_num(v) and (0 <= v if lo_closed else 0 < v)
+                 and (v <= 1 if hi_closed else v < 1))
+
+
+def groups(whole: str = "one group per row", hi: int = 1 << 20) -> Valid:
     """A group size: a positive integer, or -1 for ``whole``."""
-    check_int(kwargs, key, -1, hi)
-    if kwargs.get(key) == 0:
-        raise ConfigError(f"{key}=0 is invalid; valid: a positive integer, or -1 for {whole}")
+    return Valid(f"a positive integer up to {hi}, or -1 for {whole}",
+                 lambda v: _is_int(v) and (v == -1 or 1 <= v <= hi))
 
 
-def check_choice(kwargs: dict, key: str, choices: list) -> None:
-    if key in kwargs and kwargs[key] not in choices:
-        raise ConfigError(f"{key}={kwargs[key]!r} is invalid; valid choices: {choices}")
+def choice(*options: Any) -> Valid:
+    return Valid(f"one of {list(options)}", lambda v: v in options)
 
 
-# ---- targets -----------------------------------------------------------------------------------
+_TYPE_RULES: dict[Any, Valid] = {
+    bool: Valid("true or false (a YAML boolean)", lambda v: isinstance(v, bool)),
+    int: Valid("an integer", _is_int),
+    float: Valid("a number", _is_num),
+    str: Valid("a string", lambda v: isinstance(v, str)),
+}
+
+
+class _Unset:
+    """The default of a parameter whose value, when left out, depends on other parameters (``check`` sets it)."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET: Any = _Unset()
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", valid: Valid | None = None, *,
+          default_factory: Any = dataclasses.MISSING, config: Any = dataclasses.MISSING) -> Any:
+    """A compressor parameter: a dataclass field with its documentation and its valid values. ``config``: the
+    value the Hydra config ``compressor=<name>`` starts from, when it differs from the Python default (a
+    default ``UNSET`` in Python, "left out", that a config must spell out)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"doc": doc, "valid": valid, "config": config})
+
+
+def _type_rule(annotation: Any) -> tuple[Valid | None, bool]:
+    """(rule of the annotated type or None, whether None is allowed) for ``X`` and ``Optional[X]``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        rule = _TYPE_RULES.get(inner[0]) if len(inner) == 1 else None
+        return rule, type(None) in args
+    return _TYPE_RULES.get(annotation), False
+
+
+# ---- targets ------------------------------------------------------------------------------------
+@dataclass
 class Targets:
     """Which Linear layers of the decoder blocks a compressor touches.
 
@@ -154,26 +144,29 @@ class Targets:
     Embeddings and lm_head are never touched unless ``lm_head=True``.
     """
 
-    SHORTHANDS = {"attn": ["*attn*", "*attention*"], "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
-    KEYS = ("modules", "layers", "lm_head")
+    modules: list[str] | str | None = None
+    layers: list[int] | None = None
+    lm_head: bool = False
 
-    def __init__(self, modules: list[str] | str | None = None, layers: list[int] | None = None,
-                 lm_head: bool = False):
-        self.check({"modules": modules, "layers": layers, "lm_head": lm_head})
-        if isinstance(modules, str):
-            modules = [modules]
+    SHORTHANDS: ClassVar[dict[str, list[str]]] = {"attn": ["*attn*", "*attention*"],
+                                                  "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
+
+    KEYS: ClassVar[tuple[str, ...]] = ("modules", "layers", "lm_head")
+
+    def __post_init__(self):
+        self.check({"modules": self.modules, "layers": self.layers, "lm_head": self.lm_head})
+        mods = [self.modules] if isinstance(self.modules, str) else self.modules
         #: the user's entries (a name, a glob or a shorthand), each expanded to its glob patterns
-        self.entries = {m: self.SHORTHANDS.get(m, [m]) for m in modules or ["*"]}
+        self.entries = {m: self.SHORTHANDS.get(m, [m]) for m in mods or ["*"]}
         self.patterns = [p for pats in self.entries.values() for p in pats]
-        self.layers = list(layers) if layers is not None else None
-        self.lm_head = lm_head
+        self.layers = list(self.layers) if self.layers is not None else None
 
     @classmethod
     def check(cls, t: Any) -> None:
         """Types of a ``targets`` mapping, before any model is loaded (ConfigError naming the key)."""
         if t is None:
             return
-        if not isinstance(t, dict):
+        if not isinstance(t, Mapping):
             raise ConfigError(f"targets={t!r} is invalid; valid: a mapping with {', '.join(cls.KEYS)}")
         unknown = sorted(set(t) - set(cls.KEYS))
         if unknown:
@@ -185,11 +178,19 @@ class Targets:
                               f"list of module names or globs (e.g. [self_attn.q_proj, 'mlp.*']), attn, mlp")
         lay = t.get("layers")
         if lay is not None and not (isinstance(lay, (list, tuple)) and len(lay) == 2 and all(
-                isinstance(x, int) and not isinstance(x, bool) for x in lay)):
+                _is_int(x) for x in lay)):
             raise ConfigError(f"targets.layers={lay!r} is invalid; valid: null (all blocks) or [start, stop) "
                               f"block indices (integers, negative counts from the end)")
         if "lm_head" in t and not isinstance(t["lm_head"], bool):
             raise ConfigError(f"targets.lm_head={t['lm_head']!r} is invalid; valid: true or false (a YAML boolean)")
+
+    @classmethod
+    def of(cls, value: Any) -> "Targets":
+        """``value`` as Targets: a Targets, a mapping of its fields, or None (every Linear)."""
+        if isinstance(value, Targets):
+            return value
+        cls.check(value)
+        return cls(**(value or {}))
 
     def layer_range(self, n_layers: int) -> range:
         if self.layers is None:
@@ -200,6 +201,18 @@ class Targets:
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         return {n: m for n, m in block.named_modules()
                 if isinstance(m, nn.Linear) and any(fnmatch.fnmatch(n, p) for p in self.patterns)}
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a Hugging Face causal LM."""
+    base = getattr(model, "base_model", model)
+    for attr in ("layers", "h", "blocks", "decoder.layers"):
+        obj = base
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ConfigError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
 def targets_problem(model: nn.Module, targets: Targets, candidates=None) -> str | None:
@@ -220,18 +233,6 @@ def targets_problem(model: nn.Module, targets: Targets, candidates=None) -> str 
         return (f"targets.modules entries {missing} match no module of the model's blocks; valid: names or globs "
                 f"of {', '.join(names) or 'none'} (or the shorthands attn, mlp); the model has {n} layers")
     return None
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a Hugging Face causal LM."""
-    base = getattr(model, "base_model", model)
-    for attr in ("layers", "h", "blocks", "decoder.layers"):
-        obj = base
-        for part in attr.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    raise ConfigError(f"cannot find the decoder blocks of {type(model).__name__}")
 
 
 def weight_fingerprint(lin: nn.Module, chunk: int = 1 << 24) -> int | str:
@@ -270,3 +271,130 @@ def target_linears(model: nn.Module, targets: Targets) -> dict[str, nn.Linear]:
     if targets.lm_head and model.get_output_embeddings() is not None:
         out["lm_head"] = model.get_output_embeddings()
     return out
+
+
+# ---- the contract -------------------------------------------------------------------------------
+class Storage(str, Enum):
+    """What the compressed-weights cache stores for a compressor (docs/caching.md)."""
+
+    #: nothing: ``compress`` installs hooks or model attributes, or changes nothing worth storing
+    NONE = "none"
+    #: one bit per weight of ``touched_linears``: ``compress`` only sets weights there to zero
+    MASK = "mask"
+    #: the parameters of ``touched_linears``: ``compress`` changes nothing else (no hooks, no attributes)
+    WEIGHTS = "weights"
+
+
+@dataclass(kw_only=True)
+class Compressor:
+    """Base class: subclasses set ``name``, declare their parameters with :func:`param` and implement
+    ``compress``; they override the capability methods that differ from the defaults."""
+
+    name: ClassVar[str]
+    #: False for a compressor that ignores ``targets`` (none): then ``targets`` is not one of its parameters
+    uses_targets: ClassVar[bool] = True
+    targets: Targets = param(default_factory=Targets,
+                             doc="which Linears: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        dataclass(kw_only=True)(cls)  # in place: the fields are the parameters
+        if "name" in vars(cls):
+            if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"two compressors are named {cls.name!r}: {REGISTRY[cls.name]} and {cls}")
+            REGISTRY[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        self.targets = Targets.of(self.targets)
+        hints = typing.get_type_hints(type(self))
+        for f in self.param_fields():
+            v = getattr(self, f.name)
+            rule, nullable = _type_rule(hints.get(f.name))
+            if (v is None and nullable) or v is UNSET:
+                continue
+            valid = f.metadata.get("valid")
+            if (rule and not rule.ok(v)) or (valid and not valid.ok(v)):
+                raise ConfigError(f"{f.name}={v!r} is invalid; valid: {(valid or rule).text}")
+        self.check()
+
+    # ---- configuration -------------------------------------------------------------------------
+    @classmethod
+    def param_fields(cls) -> list[dataclasses.Field]:
+        """The compressor's own parameters (every field but ``targets``)."""
+        return [f for f in dataclasses.fields(cls) if f.name != "targets"]
+
+    def check(self) -> None:
+        """Rules between parameters (a subclass raises ConfigError naming the value and the valid choices)."""
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.param_fields()}
+
+    def level(self) -> str:
+        """Short label of the compression level, used as a row of the sensitivity table."""
+        return ",".join(f"{k}={v}" for k, v in self.params().items()) or "-"
+
+    # ---- capabilities --------------------------------------------------------------------------
+    def needs_calibration(self) -> bool:
+        """True if ``compress`` needs calibration token ids."""
+        return False
+
+    def storage(self) -> Storage:
+        """What the compressed-weights cache stores for this configuration (see :class:`Storage`)."""
+        return Storage.NONE
+
+    def acts_at_runtime(self) -> bool:
+        """True if ``compress`` installs something that acts during the forward (hooks, an attention function),
+        so that an unchanged set of weights still means a compressed model (kv, quant_wa with a_bits < 16)."""
+        return False
+
+    def prunes(self) -> bool:
+        """True if the zeros this compressor sets must stay zero through later stages of a composition."""
+        return False
+
+    def keep_zeros(self, masks: dict[str, torch.Tensor]) -> None:
+        """Weights where ``masks[name]`` is True must stay zero (set by ``compose`` before a later stage runs;
+        ``compose`` re-applies the masks afterwards, so a stage only overrides this to compensate, as GPTQ)."""
+
+    def touched_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """Every Linear whose parameters ``compress`` may change (what the weights cache stores)."""
+        return target_linears(model, self.targets) if self.uses_targets else {}
+
+    # ---- what it acts on -----------------------------------------------------------------------
+    @staticmethod
+    def target_candidates(block: nn.Module) -> dict[str, nn.Module]:
+        """The modules of a decoder block that ``targets.modules`` selects from (name inside the block)."""
+        return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+    def check_targets(self, model: nn.Module) -> None:
+        """Raise ConfigError if ``targets`` selects nothing in ``model``: a layer range outside the model, or a
+        ``modules`` entry that matches no module (the message lists the available names and the layer count)."""
+        problem = targets_problem(model, self.targets, self.target_candidates) if self.uses_targets else None
+        if problem:
+            raise ConfigError(f"compressor.{problem} (compressor {self.name})")
+
+    # ---- work ----------------------------------------------------------------------------------
+    def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
+        """Compress ``model`` in place. ``calib`` is a LongTensor [n_samples, seqlen] of token ids
+        when ``needs_calibration()``. Returns facts worth logging (achieved sparsity, bits, ...)."""
+        raise NotImplementedError
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (anything else unchanged)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def build(cfg: Any) -> Compressor:
+    """A compressor from a mapping with ``name``, its parameters and optionally ``targets``. Raises
+    ConfigError for an unknown name, an unknown key or a bad value."""
+    params = dict(plain(cfg))
+    name = params.pop("name", None)
+    cls = get(name)
+    names = sorted(f.name for f in cls.param_fields())
+    if unknown := sorted(set(params) - set(names) - ({"targets"} if cls.uses_targets else set())):
+        raise ConfigError(f"compressor {name!r} does not take {unknown}; valid parameters: {names or 'none'}")
+    return cls(**params)

@@ -18,82 +18,65 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Targets, get, qualify, register, target_linears
-
-PRUNERS = {"magnitude", "random", "wanda", "sparsegpt"}
+from lcc.compressors.base import REGISTRY, Compressor, Storage, build, param, plain, qualify, target_linears
 
 
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
-
-
-@register
 class Compose(Compressor):
     """A chain of compressors, e.g. ``stages: [{name: sparsegpt, sparsity: 0.5}, {name: quant, bits: 4}]``."""
 
     name = "compose"
-    params = {"stages": [{"name": "sparsegpt", "sparsity": 0.5}, {"name": "quant", "bits": 4}]}
-    calibrated = True  # class default; the instance attribute says whether any stage needs calibration
+    stages: list = param(default_factory=lambda: [{"name": "sparsegpt", "sparsity": 0.5},
+                                                  {"name": "quant", "bits": 4, "group_size": 128}],
+                         doc="compressor configs applied in order, each with its own parameters and optional "
+                             "targets (default: the compose-level targets)")
 
-    @property
-    def cacheable(self) -> bool:  # type: ignore[override]
-        """Weight-only if every stage is (then lcc.job caches the union of the stages' target weights)."""
-        return all(getattr(s, "cacheable", False) for s in self.instances)
-
-    @property
-    def zeroes_only(self) -> bool:  # type: ignore[override]
-        """Only zeroes weights if every stage does (a chain of masking pruners): the cache stores bit masks."""
-        return all(getattr(s, "zeroes_only", False) for s in self.instances)
-
-    @classmethod
-    def check(cls, kw):
-        if "stages" not in kw:
-            return
-        stages = _plain(kw["stages"])
+    def __post_init__(self):
+        super().__post_init__()
+        stages = plain(self.stages)
         if not isinstance(stages, (list, tuple)) or not stages:
             raise ConfigError(f"stages={stages!r} is invalid; valid: a non-empty list of compressor configs")
+        self.stages = stages = [plain(st) for st in stages]
+        self.instances: list[Compressor] = []
         for i, st in enumerate(stages):
-            st = _plain(st)
             if not isinstance(st, dict) or "name" not in st:
                 raise ConfigError(f"stages[{i}]={st!r} is invalid; valid: a mapping with a 'name'")
             if st["name"] == "compose":
                 raise ConfigError(f"stages[{i}].name='compose' is invalid; compositions do not nest")
-            stage_cls = get(st["name"])
+            st = dict(st)
+            if st.get("targets") is None:
+                st["targets"] = self.targets
             try:
-                stage_cls.validate({k: v for k, v in st.items() if k not in ("name", "targets")})
-                Targets.check(st.get("targets"))
+                self.instances.append(build(st))
             except ConfigError as e:
-                raise ConfigError(qualify(str(e), stage_cls.params, prefix=f"stages[{i}].")) from None
+                keys = [f.name for f in REGISTRY[st["name"]].param_fields()] if st["name"] in REGISTRY else []
+                raise ConfigError(qualify(str(e), keys, prefix=f"stages[{i}].")) from None
 
-    def __init__(self, targets=None, **kw):
-        super().__init__(targets, **kw)
-        self.stages = _plain(self.stages)
-        self.instances: list[Compressor] = []
-        for st in self.stages:
-            st = dict(_plain(st))
-            name = st.pop("name")
-            st_targets = st.pop("targets", None)
-            self.instances.append(get(name)(targets=st_targets if st_targets is not None else targets, **st))
-        self.calibrated = any(getattr(s, "calibrated", False) for s in self.instances)
-
-    @property
+    # ---- capabilities: those of the stages -----------------------------------------------------------
     def needs_calibration(self) -> bool:
-        return self.calibrated
+        return any(s.needs_calibration() for s in self.instances)
 
-    @property
-    def acts_at_runtime(self) -> bool:  # type: ignore[override]
-        return any(s.acts_at_runtime for s in self.instances)
+    def storage(self) -> Storage:
+        """A keep-mask if every stage only zeroes weights; the weights if every stage changes weights only."""
+        kinds = {s.storage() for s in self.instances}
+        if kinds == {Storage.MASK}:
+            return Storage.MASK
+        return Storage.NONE if Storage.NONE in kinds else Storage.WEIGHTS
+
+    def acts_at_runtime(self) -> bool:
+        return any(s.acts_at_runtime() for s in self.instances)
+
+    def prunes(self) -> bool:
+        return any(s.prunes() for s in self.instances)
 
     def check_targets(self, model) -> None:
         for s in self.instances:
             s.check_targets(model)
+
+    def touched_linears(self, model):
+        lins = {}
+        for stage in self.instances:
+            lins.update(stage.touched_linears(model))
+        return lins
 
     def level(self) -> str:
         return "+".join(f"{s.name}:{s.level()}" for s in self.instances)
@@ -102,21 +85,19 @@ class Compose(Compressor):
         masks: dict[str, torch.Tensor] = {}
         facts: dict[str, Any] = {}
         for i, stage in enumerate(self.instances):
-            if masks and hasattr(stage, "zero_masks"):
-                stage.zero_masks = masks
-            f = stage.compress(model, calib if stage.calibrated else None)
+            if masks:
+                stage.keep_zeros(masks)
+            f = stage.compress(model, calib if stage.needs_calibration() else None)
             facts.update({f"stage{i}.{stage.name}.{k}": v for k, v in (f or {}).items()})
             with torch.no_grad():
                 for name, lin in target_linears(model, stage.targets).items():
                     if name in masks:
                         lin.weight.data[masks[name].to(lin.weight.device)] = 0
-                if stage.name in PRUNERS:
+                if stage.prunes():
                     for name, lin in target_linears(model, stage.targets).items():
                         m = lin.weight.data == 0
                         masks[name] = m | masks[name].to(m.device) if name in masks else m
-        all_lins = {}
-        for stage in self.instances:
-            all_lins.update(target_linears(model, stage.targets))
+        all_lins = self.touched_linears(model)
         zeros = sum(int((lin.weight == 0).sum()) for lin in all_lins.values())
         total = sum(lin.weight.numel() for lin in all_lins.values())
         facts["sparsity_achieved"] = zeros / max(total, 1)

@@ -1,4 +1,6 @@
-"""The one sequential, layer-by-layer calibration engine shared by every calibrated compressor.
+"""The one sequential, layer-by-layer calibration engine, and :class:`Calibrated`, the base of every
+calibrated compressor: a calibrated method is its input statistics (``stats``: :class:`NormStats`,
+:class:`HessianStats`) and its per-layer rule (``compress_layer``); ``Calibrated.compress`` runs the engine.
 
 The loop follows the reference implementations (locuslab/wanda ``lib/prune.py``, IST-DASLab
 ``gptq``/``sparsegpt`` ``llama.py``):
@@ -9,11 +11,11 @@ The loop follows the reference implementations (locuslab/wanda ``lib/prune.py``,
    pre-hooks (``with_kwargs=True``) during the forward of the first sample, so models whose blocks get
    different masks (sliding-window layers of Qwen2/Mistral/Gemma) are handled; caches are dropped and
    ``use_cache`` is forced off. A private exception stops the forward early.
-2. for each block of the targeted layer range: hooks on its targeted Linear layers hand every input to a
-   :class:`Method` (``add_batch``), the block runs over all samples, the Method compresses each Linear
-   (``compress_layer``), then the block runs again so that the next block sees the *compressed* outputs
-   (``propagate=True``, as in the references). With ``propagate=False`` the next block gets the dense
-   outputs of the statistics pass instead.
+2. for each block of the targeted layer range: hooks on its targeted Linear layers hand every input to the
+   statistics (``Stats.add_batch``), the block runs over all samples, the rule compresses each Linear from
+   its statistic (``rule(name, linear, stats.pop(name))``), then the block runs again so that the next
+   block sees the *compressed* outputs (``propagate=True``, as in the references). With ``propagate=False``
+   the next block gets the dense outputs of the statistics pass instead.
 
 Blocks before the targeted range are only run forward. Calibration activations live on the model's
 device unless they are large (more than ``OFFLOAD_BYTES``), then on CPU and moved one sample at a time.
@@ -21,13 +23,13 @@ device unless they are large (more than ``OFFLOAD_BYTES``), then on CPU and move
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from lcc import ConfigError
-from lcc.compressors.base import Targets, decoder_layers
+from lcc.compressors.base import Compressor, Targets, decoder_layers, param, target_linears
 
 log = logging.getLogger(__name__)
 
@@ -42,47 +44,44 @@ class _Stop(Exception):
     """Raised by a capture hook to end the model's forward once the needed inputs are recorded."""
 
 
-class Method:
-    """Callbacks the engine drives, one instance per compression job.
+class Stats:
+    """Statistics of the inputs of every targeted Linear, accumulated over the calibration samples.
 
-    ``add_batch(name, linear, inp)`` receives the input of the targeted Linear ``name`` (qualified,
-    ``layers.3.mlp.down_proj``) for one calibration sample, shape [..., in_features].
-    ``compress_layer(name, linear)`` then changes ``linear`` in place, frees the statistics of ``name``
-    and returns a dict of facts.
-    """
+    ``add_batch(name, inp)`` receives the input of the Linear ``name`` (qualified, ``layers.3.mlp.down_proj``)
+    for one calibration sample, shape [..., in_features]; ``pop(name)`` returns its statistic and frees it."""
 
-    def add_batch(self, name: str, linear: nn.Linear, inp: torch.Tensor) -> None:
+    def add_batch(self, name: str, inp: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def compress_layer(self, name: str, linear: nn.Linear) -> dict[str, Any]:
+    def pop(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
 
-class NormStats(Method):
-    """Sum of squares of every input channel over all calibration tokens (Wanda's ``scaler_row``)."""
+class NormStats(Stats):
+    """Sum of squares of every input channel over all calibration tokens (Wanda's ``scaler_row``);
+    ``pop`` gives ‖X_j‖₂ over every calibration token of input channel j (fp32, length in_features)."""
 
     def __init__(self):
         self.sq: dict[str, torch.Tensor] = {}
 
-    def add_batch(self, name, linear, inp):
+    def add_batch(self, name, inp):
         x = inp.reshape(-1, inp.shape[-1]).float()
         acc = self.sq.get(name)
         s = (x * x).sum(0)
         self.sq[name] = s if acc is None else acc + s
 
-    def pop_norms(self, name: str) -> torch.Tensor:
-        """‖X_j‖₂ over every calibration token of input channel j (fp32, length in_features)."""
+    def pop(self, name: str) -> torch.Tensor:
         return self.sq.pop(name).sqrt()
 
 
-class HessianStats(Method):
+class HessianStats(Stats):
     """H = 2/n · Σ x xᵀ over the n calibration tokens, accumulated in fp32 (GPTQ/SparseGPT)."""
 
     def __init__(self):
         self.H: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
 
-    def add_batch(self, name, linear, inp):
+    def add_batch(self, name, inp):
         x = inp.reshape(-1, inp.shape[-1]).float()
         if name not in self.H:
             self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
@@ -90,9 +89,13 @@ class HessianStats(Method):
         self.H[name].addmm_(x.t(), x)
         self.count[name] += x.shape[0]
 
-    def pop_hessian(self, name: str) -> torch.Tensor:
+    def pop(self, name: str) -> torch.Tensor:
         n = max(self.count.pop(name), 1)
         return self.H.pop(name).mul_(2.0 / n)
+
+
+#: ``rule(name, linear, statistic) -> facts``: compress one Linear in place from its input statistic
+Rule = Callable[[str, nn.Linear, Any], "dict[str, Any] | None"]
 
 
 def _to(obj: Any, device: torch.device) -> Any:
@@ -184,9 +187,10 @@ def _run_block(layer: nn.Module, inps: list[torch.Tensor], args: tuple, kwargs: 
 
 
 @torch.no_grad()
-def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, method: Method,
+def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stats: Stats, rule: Rule,
                    propagate: bool = True, desc: str = "calibrating") -> dict[str, dict[str, Any]]:
-    """Drive ``method`` over the targeted Linear layers block by block. Returns ``{qualified name: facts}``."""
+    """Feed ``stats`` the inputs of the targeted Linear layers block by block and compress each with
+    ``rule(name, linear, stats.pop(name))``. Returns ``{qualified name: facts}``."""
     from tqdm.auto import tqdm
 
     if calib is None:
@@ -221,7 +225,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, meth
                 qname = f"layers.{i}.{name}"
 
                 def hook(mod, inp, out, qname=qname):
-                    method.add_batch(qname, mod, inp[0].detach())
+                    stats.add_batch(qname, inp[0].detach())
                 handles.append(lin.register_forward_hook(hook))
             try:
                 outs = _run_block(layer, inps, args, kw, dev, keep=not (propagate and lins) and not last)
@@ -230,7 +234,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, meth
                     h.remove()
             for name, lin in lins.items():
                 qname = f"layers.{i}.{name}"
-                facts[qname] = method.compress_layer(qname, lin) or {}
+                facts[qname] = rule(qname, lin, stats.pop(qname)) or {}
             if propagate and lins and not last:
                 outs = _run_block(layer, inps, args, kw, dev, keep=True)
             inps = outs
@@ -239,60 +243,38 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, meth
     return facts
 
 
-def calibration_batch(cfg_calib: Any, tokenizer: Any) -> torch.LongTensor:
-    """``n_samples`` random windows of ``seqlen`` tokens from the calibration stream, seeded by ``seed``.
+class Calibrated(Compressor):
+    """Base of the calibrated compressors. A subclass gives its statistics (``stats``, a :class:`Stats` class)
+    and its per-layer rule (``compress_layer``), and optionally ``check_linears`` (before anything runs) and
+    ``facts`` (the job's facts from the per-layer ones); ``compress`` runs the sequential engine once.
+    A subclass whose configuration needs no data (``needs_calibration()`` False, e.g. ``mixed`` with
+    ``max_abs``) gets its rule applied to every targeted Linear with the statistic ``None``."""
 
-    ``cfg_calib`` is a ``calib`` config (``data``, ``n_samples``, ``seqlen``, ``seed``); the stream comes
-    from ``lcc.data.token_stream(cfg_calib.data, tokenizer)`` (a 1-D LongTensor)."""
-    from lcc.data import token_stream
+    stats: ClassVar[type[Stats]] = NormStats
+    propagate: bool = param(True, "next block calibrates on the compressed block's outputs (false: on the "
+                                  "dense outputs)")
 
-    get = cfg_calib.get if hasattr(cfg_calib, "get") else (lambda k, d=None: getattr(cfg_calib, k, d))
-    n, seqlen, seed = int(get("n_samples", 128)), int(get("seqlen", 2048)), int(get("seed", 0))
-    if n < 1:
-        raise ConfigError(f"calib.n_samples={n} is invalid; valid: a positive integer")
-    if seqlen < 1:
-        raise ConfigError(f"calib.seqlen={seqlen} is invalid; valid: a positive integer")
-    stream = torch.as_tensor(token_stream(get("data"), tokenizer)).long().flatten()
-    if stream.numel() < seqlen:
-        name = get("data", {}).get("name", "?") if hasattr(get("data", {}), "get") else "?"
-        raise ConfigError(f"calib.seqlen={seqlen} is longer than the calibration stream {name!r} "
-                          f"({stream.numel()} tokens); lower calib.seqlen or choose a larger calib.data")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seqlen + 1, (n,), generator=g)
-    return torch.stack([stream[s:s + seqlen] for s in starts.tolist()])
+    def needs_calibration(self) -> bool:
+        return True
 
+    def compress_layer(self, name: str, linear: nn.Linear, stat: torch.Tensor | None) -> dict[str, Any]:
+        """Compress ``linear`` in place from its input statistic; return facts of this layer."""
+        raise NotImplementedError
 
-# ---- shared OBS machinery (SparseGPT, GPTQ) ---------------------------------------------------------
-def prepare_hessian(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Dead inputs (zero diagonal: never active in calibration) get H_jj = 1 and their weights zeroed,
-    as in the references. Modifies ``W`` and ``H`` in place; returns the dead mask."""
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    return dead
+    def check_linears(self, lins: dict[str, nn.Linear]) -> None:
+        """Raise ConfigError if a targeted Linear cannot be compressed (checked before the engine runs)."""
 
+    def facts(self, lins: dict[str, nn.Linear], layer_facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The facts of the job from the targeted Linears (compressed) and the per-layer facts."""
+        return {"n_linears": len(lins)}
 
-def inverse_hessian_upper(H: torch.Tensor, percdamp: float, name: str = "", max_tries: int = 8
-                          ) -> tuple[torch.Tensor, int, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = percdamp·mean(diag H), the matrix both OBS
-    methods walk column by column. When a factorisation fails (singular or indefinite H, fp32
-    round-off) λ is multiplied by 10 (starting from 0.01·mean diag if percdamp is 0) and the
-    factorisation retried; every retry is logged with ``logging.warning``.
-
-    Returns (Hinv_upper, number of retries, final percdamp)."""
-    mean_diag = torch.mean(torch.diag(H)).item()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    damp = float(percdamp)
-    for attempt in range(max_tries):
-        Hd = H + (damp * mean_diag) * eye
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if info.item() == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if info2.item() == 0 and torch.isfinite(U).all():
-                return U, attempt, damp
-        new = damp * 10 if damp > 0 else 0.01
-        log.warning("Cholesky of the Hessian of %s failed with percdamp=%g; retrying with percdamp=%g",
-                    name or "a layer", damp, new)
-        damp = new
-    raise RuntimeError(f"Cholesky of the Hessian of {name or 'a layer'} failed even with percdamp={damp:g}")
+    @torch.no_grad()
+    def compress(self, model, calib=None):
+        lins = target_linears(model, self.targets)
+        self.check_linears(lins)
+        if self.needs_calibration():
+            layer_facts = run_sequential(model, calib, self.targets, self.stats(), self.compress_layer,
+                                         propagate=self.propagate, desc=self.name)
+        else:
+            layer_facts = {n: self.compress_layer(n, lin, None) or {} for n, lin in lins.items()}
+        return self.facts(lins, layer_facts)

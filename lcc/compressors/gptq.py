@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from lcc import ConfigError
-from lcc.compressors.base import (Compressor, check_fraction, check_group_size, check_int, register,
-                                  target_linears)
-from lcc.compressors.engine import HessianStats, inverse_hessian_upper, prepare_hessian, run_sequential
+from lcc.compressors.base import Storage, fraction, groups, ints, param
+from lcc.compressors.engine import Calibrated, HessianStats
+from lcc.compressors.obs import inverse_hessian_upper, obs_walk, prepare_hessian
 from lcc.compressors.quantize import effective_bits, qparams
 
 
@@ -54,9 +53,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     if gs > 0 and static_groups:
         for g0 in range(0, cols, gs):
             groups.append(qparams(W[:, g0:g0 + gs], bits, sym))
-    scale = zero = None
-    if gs <= 0:
-        scale, zero = qparams(W, bits, sym)
+    grid = qparams(W, bits, sym) if gs <= 0 else None  # (scale, zero) of the current group
 
     perm = None
     if act_order:
@@ -71,95 +68,68 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         bs = max(gs, (blocksize // gs) * gs) if gs <= blocksize else gs
     else:
         bs = blocksize
-    Q = torch.zeros_like(W)
-    loss = torch.zeros((), dtype=torch.float32, device=W.device)
-    for i1 in range(0, cols, bs):
-        i2 = min(i1 + bs, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if gs > 0:
-                if static_groups:
-                    src = int(perm[col]) if perm is not None else col
-                    scale, zero = groups[src // gs]
-                elif col % gs == 0:
-                    scale, zero = qparams(W1[:, i:i + gs], bits, sym)
-            q = _q(w.unsqueeze(1), scale, zero, maxq).flatten()
-            if zero_mask is not None:
-                q[zero_mask[:, col]] = 0
-            Q1[:, i] = q
-            loss += (((w - q) / d) ** 2).sum() / 2
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+
+    def column(W1: torch.Tensor, i: int, col: int) -> torch.Tensor:
+        nonlocal grid
+        if gs > 0:
+            if static_groups:
+                grid = groups[(int(perm[col]) if perm is not None else col) // gs]
+            elif col % gs == 0:
+                grid = qparams(W1[:, i:i + gs], bits, sym)
+        q = _q(W1[:, i].unsqueeze(1), grid[0], grid[1], maxq).flatten()
+        if zero_mask is not None:
+            q[zero_mask[:, col]] = 0
+        return q
+
+    loss = obs_walk(W, Hinv, bs, column)
     if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
-    return Q, {"cholesky_retries": retries, "percdamp": damp, "loss": float(loss)}
+        W = W[:, torch.argsort(perm)]
+    return W, {"cholesky_retries": retries, "percdamp": damp, "loss": float(loss)}
 
 
-class _GPTQMethod(HessianStats):
-    def __init__(self, comp: "GPTQ"):
-        super().__init__()
-        self.c = comp
-        self.retries = 0
-        self.loss = 0.0
-
-    def compress_layer(self, name, linear):
-        c = self.c
-        H = self.pop_hessian(name)
-        w = linear.weight.data
-        mask = (c.zero_masks or {}).get(name)
-        Q, info = gptq_quantize(w.to(H.device), H, c.bits, c.group_size, c.sym, c.act_order, c.static_groups,
-                                c.percdamp, c.blocksize, zero_mask=mask, name=name)
-        w.copy_(Q.to(w.dtype))
-        self.retries += info["cholesky_retries"]
-        self.loss += info["loss"]
-        return info
-
-
-@register
-class GPTQ(Compressor):
+class GPTQ(Calibrated):
     """GPTQ weight-only quantization (calibrated, sequential over the blocks)."""
 
     name = "gptq"
-    cacheable = True
-    params = {"bits": 4, "group_size": 128, "sym": False, "act_order": False, "static_groups": False,
-              "percdamp": 0.01, "blocksize": 128, "propagate": True}
-    calibrated = True
+    stats = HessianStats
+    bits: int = param(4, "bits per weight", ints(2, 8))
+    group_size: int = param(128, "input weights per (scale, zero) group; -1 = one group per row; the last "
+                                 "group is shorter if needed", groups())
+    sym: bool = param(False, "false: asymmetric min/max with an integer zero point (as quant); true: "
+                             "symmetric absmax")
+    act_order: bool = param(False, "quantize the columns in decreasing diag(H) order")
+    static_groups: bool = param(False, "fix every group's grid from the original weights before the walk")
+    percdamp: float = param(0.01, "damping = percdamp * mean(diag H); raised x10 and retried (logged) if "
+                                  "Cholesky fails", fraction(hi_closed=True))
+    blocksize: int = param(128, "columns per lazy-update block (aligned to group_size)", ints(1, 1 << 16))
 
-    @classmethod
-    def check(cls, kw):
-        check_int(kw, "bits", 2, 8)
-        check_group_size(kw)
-        check_int(kw, "blocksize", 1, 1 << 16)
-        check_fraction(kw, "percdamp", lo_closed=True, hi_closed=True)
-        for k in ("sym", "act_order", "static_groups", "propagate"):
-            if k in kw and not isinstance(kw[k], bool):
-                raise ConfigError(f"{k}={kw[k]!r} is invalid; valid: true or false")
-
-    def __init__(self, targets=None, **kw):
-        super().__init__(targets, **kw)
+    def __post_init__(self):
+        super().__post_init__()
         #: {qualified Linear name: bool mask of weights that must stay zero}; set by ``compose``.
         self.zero_masks: dict[str, torch.Tensor] | None = None
+
+    def storage(self) -> Storage:
+        return Storage.WEIGHTS
+
+    def keep_zeros(self, masks):
+        self.zero_masks = masks
 
     def level(self) -> str:
         return (f"w{self.bits}g{self.group_size}" + ("sym" if self.sym else "")
                 + ("-act" if self.act_order else "") + ("-static" if self.static_groups else ""))
 
-    @torch.no_grad()
-    def compress(self, model, calib=None):
-        lins = target_linears(model, self.targets)
-        method = _GPTQMethod(self)
-        run_sequential(model, calib, self.targets, method, propagate=bool(self.propagate), desc="gptq")
+    def compress_layer(self, name, linear, H):
+        w = linear.weight.data
+        mask = (self.zero_masks or {}).get(name)
+        Q, info = gptq_quantize(w.to(H.device), H, self.bits, self.group_size, self.sym, self.act_order,
+                                self.static_groups, self.percdamp, self.blocksize, zero_mask=mask, name=name)
+        w.copy_(Q.to(w.dtype))
+        return info
+
+    def facts(self, lins, layer_facts):
         n_w = sum(lin.weight.numel() for lin in lins.values())
         eff = sum(effective_bits(self.bits, lin.in_features, self.group_size) * lin.weight.numel()
                   for lin in lins.values())
         return {"effective_bits": eff / max(n_w, 1), "n_linears": len(lins),
-                "cholesky_retries": method.retries, "gptq_loss": method.loss}
+                "cholesky_retries": sum(f["cholesky_retries"] for f in layer_facts.values()),
+                "gptq_loss": sum((f["loss"] for f in layer_facts.values()), 0.0)}

@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
-from lcc.compressors.base import (Compressor, check_choice, check_group_size, check_int, decoder_layers,
-                                  register)
+from lcc.compressors.base import Compressor, choice, decoder_layers, groups, ints, param
 from lcc.compressors.quantize import fake_quant
 
 PREFIX = "lcc_kv_"
@@ -223,32 +222,34 @@ def _attn_cache_flag_hook(module, args, kwargs):
                                                                         "past_key_value"))
 
 
-@register
 class KVQuant(Compressor):
-    """Fake-quantized keys and values inside every attention of the targeted blocks."""
+    """Fake-quantized keys and values inside every attention of the targeted blocks (targets.layers select the
+    blocks; targets.modules match attention modules)."""
 
     name = "kv"
-    params = {"bits": 4, "group_size": 128, "key_mode": "channel", "sym": False, "pre_rope": False,
-              "sink": 0, "window": 0}
-    acts_at_runtime = True
+    bits: int = param(4, "bits of keys and values", ints(2, 8))
+    group_size: int = param(128, "channel keys: tokens per group; token keys and values: head_dim entries per "
+                                 "group; -1 = one group", groups(whole="one group", hi=1 << 24))
+    key_mode: str = param("channel", "channel (per channel, groups along tokens, KIVI) | token (per token)",
+                          choice("channel", "token"))
+    sym: bool = param(False, "symmetric absmax grid instead of asymmetric min/max")
+    pre_rope: bool = param(False, "false: quantize post-RoPE keys in the attention function; true: the k_proj "
+                                  "output (before RoPE)")
+    sink: int = param(0, "the first `sink` positions stay full precision (attention sinks)", ints(0, 1 << 24))
+    window: int = param(0, "each query sees its last `window` keys/values in full precision (exact per query; "
+                           "post-RoPE only)", ints(0, 1 << 24))
+
+    def acts_at_runtime(self) -> bool:
+        return True  # an attention function (and k_proj hooks with pre_rope)
 
     @staticmethod
     def target_candidates(block):
         """``targets.modules`` selects attention modules (those with k_proj and v_proj)."""
         return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
 
-    @classmethod
-    def check(cls, kw):
-        check_int(kw, "bits", 2, 8)
-        check_group_size(kw, whole="one group", hi=1 << 24)
-        check_choice(kw, "key_mode", ["channel", "token"])
-        check_int(kw, "sink", 0, 1 << 24)
-        check_int(kw, "window", 0, 1 << 24)
-        for k in ("sym", "pre_rope"):
-            if k in kw and not isinstance(kw[k], bool):
-                raise ConfigError(f"{k}={kw[k]!r} is invalid; valid: true or false")
-        if kw.get("pre_rope") and kw.get("window", 0) > 0:
-            raise ConfigError(f"window={kw['window']!r} with pre_rope=true is not supported (the full-precision "
+    def check(self):
+        if self.pre_rope and self.window > 0:
+            raise ConfigError(f"window={self.window!r} with pre_rope=true is not supported (the full-precision "
                               f"window needs post-RoPE keys); valid: window=0 or pre_rope=false")
 
     def level(self) -> str:

@@ -21,9 +21,8 @@ from __future__ import annotations
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import (Compressor, check_choice, check_fraction, check_group_size, check_int,
-                                  register, target_linears)
-from lcc.compressors.engine import NormStats, run_sequential
+from lcc.compressors.base import Storage, choice, fraction, groups, ints, param
+from lcc.compressors.engine import Calibrated, NormStats
 from lcc.compressors.quantize import fake_quant, n_groups
 
 SALIENCIES = ["max_abs", "wanda", "act_norm"]
@@ -79,73 +78,47 @@ def mixed_quant_(weight: torch.Tensor, saliency: torch.Tensor, keep: float, bits
     return k
 
 
-class _MixedMethod(NormStats):
-    def __init__(self, comp: "Mixed"):
-        super().__init__()
-        self.c = comp
-        self.kept: dict[str, int] = {}
-
-    def compress_layer(self, name, linear):
-        c = self.c
-        norms = self.pop_norms(name)
-        sal = group_saliency(linear.weight.data, c.saliency, c.group_size, norms)
-        self.kept[name] = mixed_quant_(linear.weight.data, sal, c.keep, c.bits, c.high_bits, c.group_size, c.sym)
-        return {"groups_high": self.kept[name]}
-
-
-@register
-class Mixed(Compressor):
+class Mixed(Calibrated):
     """Mixed-precision RTN keeping the most salient ``keep`` fraction of groups at ``high_bits``."""
 
     name = "mixed"
-    cacheable = True
-    params = {"bits": 4, "high_bits": 8, "keep": 0.02, "group_size": 128, "sym": False,
-              "saliency": "max_abs", "propagate": True}
-    #: class default; the instance attribute set in __init__ says whether *this* configuration needs
-    #: calibration (saliency wanda/act_norm) -- read ``compressor.calibrated`` on the instance.
-    calibrated = True
+    stats = NormStats
+    bits: int = param(4, "bits of the low-precision groups", ints(2, 8))
+    high_bits: int = param(8, "bits of the kept groups (>= bits)", ints(2, 16))
+    keep: float = param(0.02, "fraction of the groups of every targeted Linear kept at high_bits (ranked per "
+                              "layer)", fraction(hi_closed=True))
+    group_size: int = param(128, "input weights per (scale, zero) group; -1 = one group per row", groups())
+    sym: bool = param(False, "symmetric absmax grid instead of asymmetric min/max")
+    saliency: str = param("max_abs", "max_abs (group max |W|, no calibration) | wanda (sum |W|*||X||, "
+                                     "calibrated) | act_norm (calibrated)", choice(*SALIENCIES))
+    propagate: bool = param(True, "calibrated saliencies only: next block calibrates on the quantized outputs")
 
-    @classmethod
-    def check(cls, kw):
-        check_int(kw, "bits", 2, 8)
-        check_int(kw, "high_bits", 2, 16)
-        check_fraction(kw, "keep", hi_closed=True)
-        check_group_size(kw)
-        check_choice(kw, "saliency", SALIENCIES)
-        bits, high = kw.get("bits", cls.params["bits"]), kw.get("high_bits", cls.params["high_bits"])
-        if high < bits:
-            raise ConfigError(f"high_bits={high!r} is invalid; valid: an integer >= bits ({bits})")
+    def check(self):
+        if self.high_bits < self.bits:
+            raise ConfigError(f"high_bits={self.high_bits!r} is invalid; valid: an integer >= bits ({self.bits})")
 
-    def __init__(self, targets=None, **kw):
-        super().__init__(targets, **kw)
-        self.calibrated = self.saliency != "max_abs"
-
-    @property
     def needs_calibration(self) -> bool:
-        return self.calibrated
+        return self.saliency != "max_abs"
+
+    def storage(self) -> Storage:
+        return Storage.WEIGHTS
 
     def level(self) -> str:
         s = f"w{self.bits}g{self.group_size}+{self.keep:g}@{self.high_bits}"
         return s + ("sym" if self.sym else "") + ("" if self.saliency == "max_abs" else f"-{self.saliency}")
 
-    @torch.no_grad()
-    def compress(self, model, calib=None):
-        lins = target_linears(model, self.targets)
-        if self.calibrated:
-            method = _MixedMethod(self)
-            run_sequential(model, calib, self.targets, method, propagate=bool(self.propagate), desc="mixed")
-            kept = method.kept
-        else:
-            kept = {}
-            for name, lin in lins.items():
-                sal = group_saliency(lin.weight.data, "max_abs", self.group_size)
-                kept[name] = mixed_quant_(lin.weight.data, sal, self.keep, self.bits, self.high_bits,
-                                          self.group_size, self.sym)
+    def compress_layer(self, name, linear, norms):
+        sal = group_saliency(linear.weight.data, self.saliency, self.group_size, norms)
+        kept = mixed_quant_(linear.weight.data, sal, self.keep, self.bits, self.high_bits, self.group_size,
+                            self.sym)
+        return {"groups_high": kept}
+
+    def facts(self, lins, layer_facts):
         n_w = bits_sum = overhead = groups_all = groups_high = 0.0
         for name, lin in lins.items():
             rows, cols = lin.weight.shape
             ng = n_groups(cols, self.group_size)
-            high_groups = kept.get(name, 0)
+            high_groups = layer_facts.get(name, {}).get("groups_high", 0)
             # weights in high groups: approximate the short last group's width by the mean group width
             w_high = high_groups * cols / ng
             bits_sum += self.high_bits * w_high + self.bits * (rows * cols - w_high)

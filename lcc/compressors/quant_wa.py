@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from lcc import ConfigError
-from lcc.compressors.base import Compressor, check_group_size, check_int, register, target_linears
+from lcc.compressors.base import Compressor, Storage, Valid, groups, param, target_linears
 from lcc.compressors.quantize import fake_quant, fake_quant_linears
 
 HOOK_ATTR = "_lcc_act_quant_hooks"
-
-
-def _check_bits(kw, key):
-    if key in kw and kw[key] != 16:
-        check_int(kw, key, 2, 8)
+BITS = Valid("an integer in 2..8, or 16 (full precision)",
+             lambda v: isinstance(v, int) and not isinstance(v, bool) and (2 <= v <= 8 or v == 16))
 
 
 def install_act_quant(model, lins: dict, bits: int, group_size: int = -1, sym: bool = False) -> int:
@@ -35,22 +31,18 @@ def install_act_quant(model, lins: dict, bits: int, group_size: int = -1, sym: b
     return len(lins)
 
 
-@register
 class QuantWA(Compressor):
     """Weights RTN per group + activations fake-quantized per token at every targeted Linear input."""
 
     name = "quant_wa"
-    params = {"w_bits": 4, "a_bits": 8, "group_size": 128, "sym": False, "a_group_size": -1, "a_sym": False}
-
-    @classmethod
-    def check(cls, kw):
-        _check_bits(kw, "w_bits")
-        _check_bits(kw, "a_bits")
-        check_group_size(kw, "group_size", whole="one group per row/token")
-        check_group_size(kw, "a_group_size", whole="one group per row/token")
-        for k in ("sym", "a_sym"):
-            if k in kw and not isinstance(kw[k], bool):
-                raise ConfigError(f"{k}={kw[k]!r} is invalid; valid: true or false")
+    w_bits: int = param(4, "weight bits; 16 = weights untouched", BITS)
+    a_bits: int = param(8, "activation bits; 16 = activations untouched", BITS)
+    group_size: int = param(128, "weight group (input weights per scale/zero); -1 = one group per row",
+                            groups(whole="one group per row/token"))
+    sym: bool = param(False, "weights: asymmetric min/max (false) or symmetric absmax (true)")
+    a_group_size: int = param(-1, "activation group along the features; -1 = one grid per token",
+                              groups(whole="one group per row/token"))
+    a_sym: bool = param(False, "activations: asymmetric min/max per token (false) or symmetric absmax (true)")
 
     def level(self) -> str:
         s = f"w{self.w_bits}a{self.a_bits}"
@@ -60,9 +52,12 @@ class QuantWA(Compressor):
             s += f"ag{self.a_group_size}"
         return s + ("-symw" if self.sym else "") + ("-syma" if self.a_sym else "")
 
-    @property
-    def acts_at_runtime(self) -> bool:  # type: ignore[override]
-        return self.a_bits != 16
+    def acts_at_runtime(self) -> bool:
+        return self.a_bits != 16  # activation hooks
+
+    def storage(self) -> Storage:
+        """Weight-only (a_bits=16: no hooks) stores the weights; with activation hooks, nothing."""
+        return Storage.NONE if self.acts_at_runtime() else Storage.WEIGHTS
 
     @staticmethod
     def remove(model) -> None:

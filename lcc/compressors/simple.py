@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from lcc.compressors.base import Compressor, check_group_size, check_int, register, target_linears
+from lcc.compressors.base import Compressor, Storage, groups, ints, param, target_linears
 from lcc.compressors.quantize import fake_quant_linears
 
 
-@register
 class NoCompression(Compressor):
     """The dense model itself: KL against the dense run is exactly 0."""
 
@@ -22,21 +21,19 @@ class NoCompression(Compressor):
         return {}
 
 
-@register
 class Quant(Compressor):
     """Weight-only round-to-nearest, asymmetric min/max per group of ``group_size`` input weights."""
 
     name = "quant"
-    cacheable = True
-    params = {"bits": 4, "group_size": 128, "sym": False}
-
-    @classmethod
-    def check(cls, kw):
-        check_int(kw, "bits", 2, 8)
-        check_group_size(kw)
+    bits: int = param(4, "bits per weight", ints(2, 8))
+    group_size: int = param(128, "input weights per (scale, zero) group; -1 = one group per row", groups())
+    sym: bool = param(False, "false: asymmetric min/max with an integer zero point; true: symmetric absmax")
 
     def level(self) -> str:
         return f"w{self.bits}g{self.group_size}" + ("sym" if self.sym else "")
+
+    def storage(self) -> Storage:
+        return Storage.WEIGHTS
 
     @torch.no_grad()
     def compress(self, model, calib=None):

@@ -4,8 +4,12 @@ uncertainty: standard errors are across documents. Definitions: docs/metrics.md.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIRST_EDGE = 64  # positions below 64 form one bin: [1, 64)
 #: ``kl_slope_late`` fits only the bins that start at or after this position: the first few hundred
@@ -55,46 +59,52 @@ def slope_vs_log2(bin_vals: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (yc * xc).sum(axis=1) / (xc ** 2).sum()
 
 
-def _num(v) -> float | None:
-    """A plain float, or None where the statistic is undefined (NaN: one document, too few bins), so the
-    returned dict equals the strict JSON written to result.json (which has no NaN)."""
-    v = float(v)
-    return v if math.isfinite(v) else None
+def summarize(arrays: Mapping[str, np.ndarray]) -> tuple[dict, list[dict]]:
+    """Scalar summary and the binned curve (one dict per bin) of one job, from its per-token (and per-prompt)
+    series (``kl``, ``nll_p``, ``nll_q``, ``agree``...): every metric of ``lcc.metrics.registry.METRICS``
+    whose series is present."""
+    from lcc.metrics.registry import METRICS, SERIES, Context, finite
 
-
-def summarize(kl: np.ndarray, nll_p: np.ndarray, nll_q: np.ndarray, agree: np.ndarray) -> tuple[dict, list[dict]]:
-    """Scalar summary and the binned curve (one dict per bin) of one job."""
-    kl, nll_p, nll_q, agree = (np.asarray(a, dtype=np.float64) for a in (kl, nll_p, nll_q, agree))
-    d, t = kl.shape
-    bins = octave_bins(t)
-    x = bin_log2_centers(bins)
-    kl_bins = bin_means(kl, bins)
-    dnll_bins = bin_means(nll_q - nll_p, bins)
-    agree_bins = bin_means(agree, bins)
-    slopes = slope_vs_log2(kl_bins, x)
-    late = np.array([lo >= LATE_FROM for lo, _ in bins])
-    late_slopes = slope_vs_log2(kl_bins[:, late], x[late])
-    kl_mean, kl_se = mean_se(kl.mean(axis=1))
-    sl_mean, sl_se = mean_se(slopes)
-    late_mean, late_se = mean_se(late_slopes)
-    ag_mean, ag_se = mean_se(agree.mean(axis=1))
-    dn_mean, dn_se = mean_se((nll_q - nll_p).mean(axis=1))
-    flat = kl.ravel()
-    summary = {
-        "n_docs": d, "n_positions": t,
-        "kl_mean": _num(kl_mean), "kl_se": _num(kl_se),
-        "kl_median": _num(np.median(flat)), "kl_p90": _num(np.quantile(flat, 0.90)),
-        "kl_p99": _num(np.quantile(flat, 0.99)), "kl_max": _num(flat.max()),
-        "kl_slope": _num(sl_mean), "kl_slope_se": _num(sl_se),
-        "kl_slope_late": _num(late_mean), "kl_slope_late_se": _num(late_se),
-        "top1_agree": _num(ag_mean), "top1_agree_se": _num(ag_se),
-        "delta_nll": _num(dn_mean), "delta_nll_se": _num(dn_se),
-        "ppl_dense": _num(np.exp(nll_p.mean())), "ppl_compressed": _num(np.exp(nll_q.mean())),
-    }
-    kb_m, kb_se = mean_se(kl_bins)
-    db_m, db_se = mean_se(dnll_bins)
-    ab_m, _ = mean_se(agree_bins)
-    curve = [{"bin_lo": lo, "bin_hi": hi, "log2_pos": _num(xi), "kl_mean": _num(km), "kl_se": _num(ks),
-              "delta_nll": _num(dm), "delta_nll_se": _num(ds), "top1_agree": _num(am)}
-             for (lo, hi), xi, km, ks, dm, ds, am in zip(bins, x, kb_m, kb_se, db_m, db_se, ab_m)]
+    data = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    for s in SERIES:
+        if s.derive is not None and s.name not in data:
+            try:
+                data[s.name] = s.derive(data)
+            except KeyError:  # a series it derives from is absent
+                pass
+    per_token = [s.name for s in SERIES if s.per == "token" and s.name in data]
+    ctx = Context(data[per_token[0]].shape[1]) if per_token else None
+    summary: dict = {}
+    for m in METRICS:
+        if m.series not in data:
+            continue
+        v, se = m.agg(data[m.series], ctx)
+        summary[m.name] = v if m.exact else finite(v)
+        if m.se:
+            summary[m.se] = finite(se)
+    curve: list[dict] = []
+    if ctx is not None:
+        x = ctx.x
+        cols: dict[str, np.ndarray] = {}
+        for m in METRICS:
+            if m.curve and m.series in data:
+                mean, se = mean_se(ctx.bin_means(data[m.series]))
+                cols[m.name] = mean
+                if m.se and m.curve_se:
+                    cols[m.se] = se
+        curve = [{"bin_lo": lo, "bin_hi": hi, "log2_pos": finite(x[b]), **{k: finite(c[b]) for k, c in cols.items()}}
+                 for b, (lo, hi) in enumerate(ctx.bins)]
     return summary, curve
+
+
+def position_table(arrays: Mapping[str, np.ndarray]) -> "pd.DataFrame":
+    """curve.parquet: per position (1-based) the mean across documents of every per-token series that has a
+    ``position_column``."""
+    import pandas as pd
+
+    from lcc.metrics.registry import SERIES
+
+    cols = {s.position_column: np.asarray(arrays[s.name]).mean(0) for s in SERIES
+            if s.position_column and s.name in arrays}
+    n = len(next(iter(cols.values())))
+    return pd.DataFrame({"position": np.arange(1, n + 1), **cols})

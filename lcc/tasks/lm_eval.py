@@ -133,36 +133,35 @@ def _run(task: LmEval, model, tok, max_length: int, seed: int) -> dict:
 
 
 def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
-    from lcc.cache import TensorStore, settings
-    from lcc.job import _compress, check_context
-    from lcc.models import load_model, resolve_device, resolve_dtype
+    """lcc.job's load and compress steps around lm-eval's dense and compressed evaluations."""
+    from lcc.cache import settings
+    from lcc.data import calibration_batch
+    from lcc.job import compress_step, load_step
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
     comp = compressors.build(cfg.compressor)
-    cs = settings(cfg)
-    cache: dict[str, Any] = {"dense": "off", "compressed": "off"}
-    comp_store = TensorStore(cs.dir, "compressed") if cs.cache_compressed(comp) else None
-    model, tok, max_ctx = load_model(cfg.model, device, dtype)
-    check_context(cfg, max_ctx)
+    caches = settings(cfg)
+    m = load_step(cfg)
+    model, tok = m.model, m.tokenizer
     if not hasattr(tok, "apply_chat_template"):
         raise ConfigError(f"task=lm_eval needs a Hugging Face tokenizer; model={cfg.model.name} has "
                           f"{type(tok).__name__}")
     max_length = int(task.max_length or cfg.ctx.tokens)
-    timings["load_s"] = time.perf_counter() - t0
-    calib = None
-    if getattr(comp, "needs_calibration", comp.calibrated):
-        from lcc.compressors.engine import calibration_batch
-        calib = calibration_batch(cfg.calib, tok)
+    timings["load_s"] = m.seconds
+    calib = calibration_batch(cfg.calib, tok) if comp.needs_calibration() else None
+    comp.check_targets(model)
 
     t = time.perf_counter()
     dense = _run(task, model, tok, max_length, int(cfg.seed))
     timings["dense_eval_s"] = time.perf_counter() - t
-    info, timings["compress_s"] = _compress(cfg, comp, model, calib, device, dtype, comp_store, cache)
-    cache.pop("compress_cache_s", None)
+    compression = compress_step(comp, model, calib, cfg.seed,
+                                caches.compressed_cache(cfg, comp, model, calib, m.device, m.dtype),
+                                uncached=caches.uncached_status(comp))
+    timings["compress_s"] = compression.compress_s
+    info = compression.info
+    cache = {"dense": "off", "compressed": compression.status}
     t = time.perf_counter()
     compd = _run(task, model, tok, max_length, int(cfg.seed))
     timings["compressed_eval_s"] = time.perf_counter() - t

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lcc import compressors
 from lcc.io import file_records, write_parquet
+from lcc.evaluate import logits_fn
 from lcc.tasks.base import summarize
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
@@ -27,19 +28,19 @@ log = logging.getLogger(__name__)
 
 
 def _prompts_sha(samples: list[Sample]) -> str:
-    from lcc.job import _tokens_sha256
-    return _tokens_sha256(torch.cat([t for s in samples for t in (s.prompt, s.answer)]))
+    from lcc.cache.keys import tokens_sha256
+    return tokens_sha256(torch.cat([t for s in samples for t in (s.prompt, s.answer)]))
 
 
 def dense_cache_inputs(cfg: DictConfig, task: SyntheticTask, model, samples, device, dtype, eos) -> dict:
     """Everything the dense scores depend on (their cache key is its sha256)."""
     from lcc.cache import FORMAT, source_fingerprint
-    from lcc.job import _cache_versions, _device_id, _model_identity
+    from lcc.cache.keys import device_id, library_versions, model_identity
 
-    return {"entry": "task_dense", "format": FORMAT, "model": _model_identity(cfg, model),
+    return {"entry": "task_dense", "format": FORMAT, "model": model_identity(cfg.model, model),
             "task": OmegaConf.to_container(cfg.task, resolve=True), "ctx": int(cfg.ctx.tokens),
             "seed": int(cfg.seed), "prompts_sha256": _prompts_sha(samples), "eos": sorted(eos),
-            "dtype": str(dtype), "device": _device_id(device), "versions": _cache_versions(),
+            "dtype": str(dtype), "device": device_id(device), "versions": library_versions(),
             "code": source_fingerprint("models.py", "evaluate.py", "tasks/score.py")}
 
 
@@ -111,63 +112,55 @@ def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_h
 
 
 def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
+    """The task recipe: lcc.job's load and compress steps around the prompts and the two scorings."""
     from lcc.cache import TensorStore, settings
-    from lcc.evaluate import logits_fn
-    from lcc.job import _compress, check_context
-    from lcc.models import load_model, resolve_device, resolve_dtype
+    from lcc.data import calibration_batch
+    from lcc.job import compress_step, dense_head, load_step
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
     comp = compressors.build(cfg.compressor)
-    cs = settings(cfg)
-    cache: dict[str, Any] = {"dense": "off", "compressed": "off"}
-    dense_store = TensorStore(cs.dir, "dense") if cs.enabled and cs.dense else None
-    comp_store = TensorStore(cs.dir, "compressed") if cs.cache_compressed(comp) else None
-    if cs.enabled and cs.compressed is not False and comp_store is None:
-        cache["compressed"] = "uncacheable" if not getattr(comp, "cacheable", False) else "recomputed"
-    if dense_store or comp_store:
-        cache["dir"] = str(cs.dir)
-    model, tok, max_ctx = load_model(cfg.model, device, dtype)
+    caches = settings(cfg)
+    m = load_step(cfg)
     ctx = int(cfg.ctx.tokens)
-    check_context(cfg, max_ctx)
-    timings["load_s"] = time.perf_counter() - t0
-
     t = time.perf_counter()
-    samples = task.samples(tok, ctx, int(cfg.seed), cfg.data)
-    calib = None
-    if getattr(comp, "needs_calibration", comp.calibrated):
-        from lcc.compressors.engine import calibration_batch
-        calib = calibration_batch(cfg.calib, tok)
-    timings["data_s"] = time.perf_counter() - t
+    samples = task.samples(m.tokenizer, ctx, int(cfg.seed), cfg.data)
+    calib = calibration_batch(cfg.calib, m.tokenizer) if comp.needs_calibration() else None
+    data_s = time.perf_counter() - t
     log.info("task %s: %d prompts of %d tokens (%d depths x %d)", task.name, len(samples), ctx,
              len(task.depths), task.n_samples)
+    comp.check_targets(m.model)
 
     def decode(ids: list[int]) -> str:
-        return tok.decode(ids, skip_special_tokens=True)
+        return m.tokenizer.decode(ids, skip_special_tokens=True)
 
-    eos = eos_ids(model, tok)
-    head = model.get_output_embeddings()
-    dense_w = head.weight.detach().clone() if comp.targets.lm_head else None
-    dense_head = logits_fn(model, dense_w)
-    dense, timings["dense_score_s"] = _dense_scores(cfg, task, model, dense_head, samples, eos, decode, device,
-                                                    dtype, dense_store, cache)
-    info, timings["compress_s"] = _compress(cfg, comp, model, calib, device, dtype, comp_store, cache)
-    for k in ("dense_cache_s", "compress_cache_s"):
-        if k in cache:
-            timings[k] = cache.pop(k)
-    comp_head = logits_fn(model)
+    eos = eos_ids(m.model, m.tokenizer)
+    head_d = dense_head(m.model, comp)  # before compression: the dense output head
+    cache: dict[str, Any] = {"dense": "off"}
+    dense_store = TensorStore(caches.dir, "dense") if caches.enabled and caches.dense else None
+    dense, dense_s = _dense_scores(cfg, task, m.model, head_d, samples, eos, decode, m.device, m.dtype,
+                                   dense_store, cache)
+    compression = compress_step(comp, m.model, calib, cfg.seed,
+                                caches.compressed_cache(cfg, comp, m.model, calib, m.device, m.dtype),
+                                uncached=caches.uncached_status(comp))
+    head_c = logits_fn(m.model)
     t = time.perf_counter()
-    scored = score_all(model, comp_head, samples, task.max_new_tokens, eos, decode, "compressed prompts")
-    timings["compressed_score_s"] = time.perf_counter() - t
-    timings["compressed_s_per_prompt"] = timings["compressed_score_s"] / len(samples)
-    df = rows(samples, dense, scored, dense_head, comp_head, decode)
+    scored = score_all(m.model, head_c, samples, task.max_new_tokens, eos, decode, "compressed prompts")
+    comp_s = time.perf_counter() - t
+    df = rows(samples, dense, scored, head_d, head_c, decode)
     write_parquet(out / "samples.parquet", df)
     summary, by_depth = summarize(df)
-    timings["total_s"] = time.perf_counter() - t0
+    timings = {"load_s": m.seconds, "data_s": data_s, "dense_score_s": dense_s,
+               "dense_cache_s": cache.pop("dense_cache_s", None), "compress_s": compression.compress_s,
+               "compress_cache_s": compression.cache_s, "compressed_score_s": comp_s,
+               "compressed_s_per_prompt": comp_s / len(samples), "total_s": time.perf_counter() - t0}
+    cache["compressed"] = compression.status
+    if compression.key:
+        cache["compressed_key"] = compression.key
+    if dense_store or compression.key:
+        cache["dir"] = str(caches.dir)
     return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "task": task.name,
-            "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
-            "summary": summary, "by_depth": by_depth, "timings": timings, "files": ["samples.parquet"],
-            "checksums": file_records(out, ["samples.parquet"]), "cache": cache}
+            "task_params": task.params(), "compressor": comp.name, "level": comp.level(),
+            "compress_info": compression.info, "weights": compression.weights, "summary": summary,
+            "by_depth": by_depth, "timings": {k: v for k, v in timings.items() if v is not None},
+            "files": ["samples.parquet"], "checksums": file_records(out, ["samples.parquet"]), "cache": cache}

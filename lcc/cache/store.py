@@ -1,11 +1,5 @@
-"""Content-addressed tensor caches shared by the jobs of a sweep (see docs/caching.md).
-
-Two kinds of entry, both computed once and reused by every job that needs them:
-
-* ``dense/<key>``: the dense model's final hidden states over the evaluation windows (plus the windows'
-  token ids, checked on every read), keyed by model, data, ctx, n_docs, seed, dtype, device, versions;
-* ``compressed/<key>``: the parameters of the Linear layers a weight-only compressor changed, keyed by
-  model, compressor, calibration (if used), seed, dtype, device, versions.
+"""The content-addressed tensor store under a cache root: one kind of entry per folder (``dense``,
+``compressed``), one entry per key (see docs/caching.md).
 
 An entry is a directory ``<kind>/<key>/`` holding ``part-NNNN.safetensors`` shards and ``meta.json``
 (xxh3-128 checksum + size of every shard, name/dtype/shape of every tensor, the key's inputs, facts such as the
@@ -13,7 +7,8 @@ original compute time). It is written into a temporary directory and renamed int
 an entry is either complete or absent. Only safetensors and JSON are read: nothing is ever unpickled.
 A ``<key>.lock`` FileLock makes jobs that start together compute an entry once: the first computes, the
 others wait and then read. A read that fails any check (missing/truncated/corrupted shard, checksum,
-metadata, shapes, token ids) is logged, the entry deleted and recomputed: a bad entry is never trusted.
+metadata, shapes, a caller's check such as token ids) is logged, the entry deleted and recomputed: a bad
+entry is never trusted.
 """
 from __future__ import annotations
 
@@ -21,14 +16,12 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import socket
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -58,43 +51,6 @@ def key_of(inputs: dict) -> str:
     return hashlib.sha256(canonical_json(inputs).encode()).hexdigest()
 
 
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as a flat uint8 CPU tensor, 8 entries a byte (first entry in the high bit, the last byte
-    zero-padded): how the compressed-weights cache stores which weights a pruner kept (1/16 of bf16 weights)."""
-    flat = mask.flatten().to(torch.uint8)
-    if pad := (-flat.numel()) % 8:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * w).sum(dim=1, dtype=torch.uint8).cpu()
-
-
-def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple, device: torch.device | str = "cpu"
-                ) -> torch.Tensor:
-    """The inverse of ``pack_bits``: a bool tensor of ``shape`` on ``device``."""
-    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
-    bits = packed.to(device).unsqueeze(1).bitwise_and(w).bool().flatten()
-    return bits[:math.prod(shape)].view(shape)
-
-
-def source_fingerprint(*modules: str, functions: tuple = ()) -> str:
-    """sha256 over the source files of the given lcc modules/packages (relative to the lcc package,
-    e.g. ``"models.py"``, ``"compressors"``) and the source of the given functions: editing the code that
-    produced an entry invalidates it."""
-    import inspect
-
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for m in modules:
-        p = root / m
-        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    for fn in functions:
-        h.update(f"{fn.__module__}.{fn.__qualname__}".encode() + b"\0" + inspect.getsource(fn).encode() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def _tensor_table(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
@@ -303,42 +259,3 @@ class TensorStore:
             tensors, facts = compute()
             meta = self.write(key, tensors, {"facts": facts, "inputs": inputs})
             return tensors, meta, False
-
-
-@dataclass
-class CacheSettings:
-    enabled: bool
-    dir: Path
-    dense: bool
-    compressed: str | bool  # "auto", True or False: see cache_compressed()
-
-    def cache_compressed(self, comp) -> bool:
-        """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps calibrated methods (gptq,
-        sparsegpt, wanda, mixed with activation saliency, compositions with such a stage) and masking pruners
-        (magnitude, random: an entry is one bit per weight). A data-free method whose entry would be a full
-        copy of the weights (quant, mixed with max_abs saliency) recomputes faster than that copy reads back
-        (7B on an H100: quant 0.2 s against a 13 GiB entry) and would fill the disk at one entry per level."""
-        if not (self.enabled and self.compressed and getattr(comp, "cacheable", False)):
-            return False
-        return (self.compressed is True or bool(getattr(comp, "needs_calibration", comp.calibrated))
-                or bool(getattr(comp, "zeroes_only", False)))
-
-
-def settings(cfg: Any) -> CacheSettings:
-    """The ``cache:`` node of a job config; every key is optional. Raises ConfigError for a bad value."""
-    from lcc import ConfigError
-    from lcc.models import cache_root
-
-    c = cfg.get("cache") or {}
-    get = c.get if hasattr(c, "get") else (lambda k, d=None: d)
-    d = get("dir", None)
-    compressed = get("compressed", "auto")
-    if not (compressed == "auto" or isinstance(compressed, bool)):
-        raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
-                          f"masking pruners), true (every cacheable compressor), false")
-    for k in ("enabled", "dense"):
-        if not isinstance(get(k, True), bool):
-            raise ConfigError(f"cache.{k}={get(k)!r} is invalid; valid: true or false (a YAML boolean)")
-    return CacheSettings(enabled=get("enabled", True),
-                         dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
-                         dense=get("dense", True), compressed=compressed)

@@ -1,0 +1,74 @@
+"""The ``cache:`` node of a job config, and which of the job's steps go through which cache."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcc import ConfigError
+from lcc.compressors import Compressor, Storage
+
+
+@dataclass
+class CacheSettings:
+    enabled: bool
+    dir: Path
+    dense: bool
+    compressed: str | bool  # "auto", True or False: see cache_compressed()
+
+    def cache_compressed(self, comp: Compressor) -> bool:
+        """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps calibrated methods (gptq,
+        sparsegpt, wanda, mixed with activation saliency, compositions with such a stage) and masking pruners
+        (magnitude, random: an entry is one bit per weight). A data-free method whose entry would be a full
+        copy of the weights (quant, mixed with max_abs saliency) recomputes faster than that copy reads back
+        (7B on an H100: quant 0.2 s against a 13 GiB entry) and would fill the disk at one entry per level.
+        Nothing is cached for a compressor whose storage is ``NONE`` (hooks: kv, quant_wa; none)."""
+        storage = comp.storage()
+        if not (self.enabled and self.compressed and storage is not Storage.NONE):
+            return False
+        return self.compressed is True or comp.needs_calibration() or storage is Storage.MASK
+
+    def uncached_status(self, comp: Compressor) -> str:
+        """Why compression does not go through the cache: off (caching is), uncacheable, or recomputed."""
+        if not self.enabled or self.compressed is False:
+            return "off"
+        return "uncacheable" if comp.storage() is Storage.NONE else "recomputed"
+
+    def dense_cache(self, cfg: Any, model, windows: torch.Tensor, device: torch.device, dtype: torch.dtype):
+        """The job's dense-reference cache entry, or None if the dense reference is not cached."""
+        from lcc.cache.dense import DenseCache
+
+        if not (self.enabled and self.dense):
+            return None
+        return DenseCache.for_job(self.dir, cfg, model, windows, device, dtype)
+
+    def compressed_cache(self, cfg: Any, comp: Compressor, model, calib: torch.Tensor | None,
+                         device: torch.device, dtype: torch.dtype):
+        """The job's compressed-weights cache entry, or None if ``comp``'s weights are not cached."""
+        from lcc.cache.compressed import CompressedCache
+
+        if not self.cache_compressed(comp):
+            return None
+        return CompressedCache.for_job(self.dir, cfg, comp, model, calib, device, dtype)
+
+
+def settings(cfg: Any) -> CacheSettings:
+    """The ``cache:`` node of a job config; every key is optional. Raises ConfigError for a bad value."""
+    from lcc.models import cache_root
+
+    c = cfg.get("cache") or {}
+    get = c.get if hasattr(c, "get") else (lambda k, d=None: d)
+    d = get("dir", None)
+    compressed = get("compressed", "auto")
+    if not (compressed == "auto" or isinstance(compressed, bool)):
+        raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
+                          f"masking pruners), true (every cacheable compressor), false")
+    for k in ("enabled", "dense"):
+        if not isinstance(get(k, True), bool):
+            raise ConfigError(f"cache.{k}={get(k)!r} is invalid; valid: true or false (a YAML boolean)")
+    return CacheSettings(enabled=get("enabled", True),
+                         dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
+                         dense=get("dense", True), compressed=compressed)
