@@ -14,7 +14,7 @@ import pkgutil
 from typing import Any
 
 from lcc import ConfigError
-from lcc.compressors.base import REGISTRY, Compressor, Storage, Targets, build, get, qualify  # noqa: F401
+from lcc.compressors.base import REGISTRY, Compressor, QuantGrid, Storage, Targets, build, get, qualify  # noqa: F401
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "__main__":

@@ -285,6 +285,35 @@ class Storage(str, Enum):
     WEIGHTS = "weights"
 
 
+@dataclass
+class QuantGrid:
+    """The grid a quantizing compressor put one Linear's weight on: ``weight == ((code - zero) * scale)`` in fp32,
+    cast to the weight's dtype, for integer codes in ``0..2^bits - 1`` (what the compressed-weights cache stores
+    instead of the weights, docs/caching.md). Recorded with :meth:`Compressor.record_grid` when the weights are
+    written, with the exact fp32 values the compressor used.
+
+    ``scale``, ``zero``: fp32 [rows, n_groups], one pair per (row, group); ``group_size``: the input columns per
+    group (-1: one group per row; the last group is shorter when the width is not a multiple); ``g_idx``: the
+    group of every input column (long [cols]) when it is not ``column // group_size`` (GPTQ's act-order with
+    dynamic groups); ``high`` (bool [rows, n_groups]) and ``high_bits``: groups whose codes have ``high_bits``
+    bits instead of ``bits`` (mixed precision)."""
+
+    bits: int
+    group_size: int
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    high_bits: int | None = None
+
+    def column_groups(self, cols: int) -> torch.Tensor:
+        """The group index of every input column (long [cols], on the grid's device)."""
+        if self.g_idx is not None:
+            return self.g_idx.to(self.scale.device)
+        g = cols if self.group_size <= 0 or self.group_size >= cols else self.group_size
+        return torch.arange(cols, device=self.scale.device) // g
+
+
 @dataclass(kw_only=True)
 class Compressor:
     """Base class: subclasses set ``name``, declare their parameters with :func:`param` and implement
@@ -354,6 +383,23 @@ class Compressor:
     def keep_zeros(self, masks: dict[str, torch.Tensor]) -> None:
         """Weights where ``masks[name]`` is True must stay zero (set by ``compose`` before a later stage runs;
         ``compose`` re-applies the masks afterwards, so a stage only overrides this to compensate, as GPTQ)."""
+
+    def quant_grids(self) -> dict[str, QuantGrid]:
+        """``{qualified Linear name: QuantGrid}`` recorded by the last ``compress()``: every Linear whose final
+        weights lie on an integer grid (the cache stores their codes; the others as full copies)."""
+        return self.__dict__.get("_grids", {})
+
+    def record_grid(self, name: str, grid: QuantGrid | None) -> None:
+        """Record (or, with None, forget) the grid of the Linear ``name`` just written by ``compress()``."""
+        grids = self.__dict__.setdefault("_grids", {})
+        if grid is None:
+            grids.pop(name, None)
+        else:
+            grids[name] = grid
+
+    def clear_grids(self) -> None:
+        """Forget every recorded grid (at the start of ``compress()``)."""
+        self.__dict__["_grids"] = {}
 
     def touched_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
         """Every Linear whose parameters ``compress`` may change (what the weights cache stores)."""

@@ -84,10 +84,19 @@ class Compose(Compressor):
     def compress(self, model, calib=None):
         masks: dict[str, torch.Tensor] = {}
         facts: dict[str, Any] = {}
+        self.clear_grids()
         for i, stage in enumerate(self.instances):
             if masks:
                 stage.keep_zeros(masks)
             f = stage.compress(model, calib if stage.needs_calibration() else None)
+            # grids: the last quantizing stage's; a pruning stage keeps them (its zeros are the codes of 0),
+            # any other stage that rewrites a Linear makes its grid stale
+            grids = stage.quant_grids()
+            for name in stage.touched_linears(model):
+                if name in grids:
+                    self.record_grid(name, grids[name])
+                elif stage.storage() is not Storage.MASK:
+                    self.record_grid(name, None)
             facts.update({f"stage{i}.{stage.name}.{k}": v for k, v in (f or {}).items()})
             with torch.no_grad():
                 for name, lin in target_linears(model, stage.targets).items():

@@ -272,6 +272,7 @@ class Calibrated(Compressor):
     def compress(self, model, calib=None):
         lins = target_linears(model, self.targets)
         self.check_linears(lins)
+        self.clear_grids()
         if self.needs_calibration():
             layer_facts = run_sequential(model, calib, self.targets, self.stats(), self.compress_layer,
                                          propagate=self.propagate, desc=self.name)

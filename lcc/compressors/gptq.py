@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lcc.compressors.base import Storage, fraction, groups, ints, param
+from lcc.compressors.base import QuantGrid, Storage, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, HessianStats
 from lcc.compressors.obs import inverse_hessian_upper, obs_walk, prepare_hessian
 from lcc.compressors.quantize import effective_bits, qparams
@@ -35,7 +35,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
                   act_order: bool = False, static_groups: bool = False, percdamp: float = 0.01,
                   blocksize: int = 128, zero_mask: torch.Tensor | None = None, name: str = ""
                   ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Quantize ``W`` [rows, cols] given the Hessian ``H`` [cols, cols]; returns (Ŵ fp32, info).
+    """Quantize ``W`` [rows, cols] given the Hessian ``H`` [cols, cols]; returns (Ŵ fp32, info), ``info["grid"]``
+    the :class:`QuantGrid` Ŵ lies on (with ``g_idx`` for act-order with dynamic groups).
 
     ``zero_mask`` (bool, True = must stay zero) makes GPTQ sparsity-aware: masked weights are set to
     zero instead of quantized and their error is compensated like any other (SparseGPT's joint mode)."""
@@ -76,15 +77,21 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
                 grid = groups[(int(perm[col]) if perm is not None else col) // gs]
             elif col % gs == 0:
                 grid = qparams(W1[:, i:i + gs], bits, sym)
+                groups.append(grid)  # in walk order: group k covers walked columns k*gs..(k+1)*gs-1
         q = _q(W1[:, i].unsqueeze(1), grid[0], grid[1], maxq).flatten()
         if zero_mask is not None:
             q[zero_mask[:, col]] = 0
         return q
 
     loss = obs_walk(W, Hinv, bs, column)
+    g_idx = None
     if perm is not None:
         W = W[:, torch.argsort(perm)]
-    return W, {"cholesky_retries": retries, "percdamp": damp, "loss": float(loss)}
+        if gs > 0 and not static_groups:  # column perm[j] was walked j-th
+            g_idx = torch.empty_like(perm).scatter_(0, perm, torch.arange(cols, device=perm.device) // gs)
+    scale, zero = (torch.cat([g[k] for g in groups], 1) for k in (0, 1)) if gs > 0 else grid
+    return W, {"cholesky_retries": retries, "percdamp": damp, "loss": float(loss),
+               "grid": QuantGrid(bits, gs, scale, zero, g_idx)}
 
 
 class GPTQ(Calibrated):
@@ -124,6 +131,7 @@ class GPTQ(Calibrated):
         Q, info = gptq_quantize(w.to(H.device), H, self.bits, self.group_size, self.sym, self.act_order,
                                 self.static_groups, self.percdamp, self.blocksize, zero_mask=mask, name=name)
         w.copy_(Q.to(w.dtype))
+        self.record_grid(name, info.pop("grid"))
         return info
 
     def facts(self, lins, layer_facts):

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Storage, choice, fraction, groups, ints, param
+from lcc.compressors.base import QuantGrid, Storage, choice, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, NormStats
-from lcc.compressors.quantize import fake_quant, n_groups
+from lcc.compressors.quantize import fake_quant_grid, n_groups
 
 SALIENCIES = ["max_abs", "wanda", "act_norm"]
 FLAG_BITS = 1  # one bit per group marks its precision
@@ -56,26 +56,30 @@ def group_saliency(W: torch.Tensor, saliency: str, group_size: int, norms: torch
 
 
 def mixed_quant_(weight: torch.Tensor, saliency: torch.Tensor, keep: float, bits: int, high_bits: int,
-                 group_size: int, sym: bool = False) -> int:
-    """In place; returns the number of groups kept at ``high_bits``."""
+                 group_size: int, sym: bool = False) -> tuple[int, QuantGrid | None]:
+    """In place; returns the number of groups kept at ``high_bits`` and the grid of the result (None when
+    ``high_bits`` > 8: codes of up to 8 bits only)."""
     rows, cols = weight.shape
     n_total = saliency.numel()
     k = int(round(keep * n_total))
-    low = fake_quant(weight, bits, group_size, sym)
+    low, s_lo, z_lo = fake_quant_grid(weight, bits, group_size, sym)
     if k == 0:
         weight.copy_(low)
-        return 0
-    high = fake_quant(weight, high_bits, group_size, sym)
+        return 0, QuantGrid(bits, group_size, s_lo, z_lo)
+    high, s_hi, z_hi = fake_quant_grid(weight, high_bits, group_size, sym)
+    grid_hi = QuantGrid(high_bits, group_size, s_hi, z_hi) if high_bits <= 8 else None
     if k >= n_total:
         weight.copy_(high)
-        return n_total
+        return n_total, grid_hi
     sel = torch.zeros(n_total, dtype=torch.bool, device=weight.device)
     sel[torch.topk(saliency.flatten(), k).indices] = True
     sel = sel.reshape(saliency.shape)
     idx = group_index(cols, group_size).to(weight.device)
     col_mask = sel[:, idx]
     weight.copy_(torch.where(col_mask, high, low))
-    return k
+    grid = QuantGrid(bits, group_size, torch.where(sel, s_hi, s_lo), torch.where(sel, z_hi, z_lo), high=sel,
+                     high_bits=high_bits) if high_bits <= 8 else None
+    return k, grid
 
 
 class Mixed(Calibrated):
@@ -109,8 +113,9 @@ class Mixed(Calibrated):
 
     def compress_layer(self, name, linear, norms):
         sal = group_saliency(linear.weight.data, self.saliency, self.group_size, norms)
-        kept = mixed_quant_(linear.weight.data, sal, self.keep, self.bits, self.high_bits, self.group_size,
-                            self.sym)
+        kept, grid = mixed_quant_(linear.weight.data, sal, self.keep, self.bits, self.high_bits, self.group_size,
+                                  self.sym)
+        self.record_grid(name, grid)
         return {"groups_high": kept}
 
     def facts(self, lins, layer_facts):

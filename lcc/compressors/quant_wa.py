@@ -68,8 +68,9 @@ class QuantWA(Compressor):
     @torch.no_grad()
     def compress(self, model, calib=None):
         lins = target_linears(model, self.targets)
+        self.clear_grids()
         if self.w_bits != 16:
-            eff, n_w = fake_quant_linears(lins.values(), self.w_bits, self.group_size, self.sym)
+            eff, n_w = fake_quant_linears(lins, self.w_bits, self.group_size, self.sym, record=self.record_grid)
         else:
             n_w = sum(lin.weight.numel() for lin in lins.values())
             eff = 16.0 * n_w

@@ -22,7 +22,11 @@ way its zeros stay exactly zero.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+from lcc.compressors.base import QuantGrid
 
 
 def qparams(x: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,31 +56,48 @@ def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 
 def fake_quant(x: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False) -> torch.Tensor:
     """Fake-quantize ``x`` in groups of ``group_size`` along the last dim; same shape and dtype."""
+    return fake_quant_grid(x, bits, group_size, sym)[0]
+
+
+def fake_quant_grid(x: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fake_quant`` and its grid: (x fake-quantized, scale, zero), scale and zero fp32 [..., n_groups]."""
     width = x.shape[-1]
     g = width if group_size <= 0 or group_size >= width else group_size
     xf = x.float()
     n_full = (width // g) * g
-    parts = []
+    parts, scales, zeros = [], [], []
     if n_full:
         head = xf[..., :n_full].reshape(*x.shape[:-1], width // g, g)
         s, z = qparams(head, bits, sym)
         parts.append(quantize_dequantize(head, s, z, bits).reshape(*x.shape[:-1], n_full))
+        scales.append(s.squeeze(-1))
+        zeros.append(z.squeeze(-1))
     if n_full < width:
         tail = xf[..., n_full:]
         s, z = qparams(tail, bits, sym)
         parts.append(quantize_dequantize(tail, s, z, bits))
+        scales.append(s)
+        zeros.append(z)
     out = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-    return out.to(x.dtype)
+    cat = (lambda t: t[0]) if len(parts) == 1 else (lambda t: torch.cat(t, -1))
+    return out.to(x.dtype), cat(scales), cat(zeros)
 
 
 @torch.no_grad()
-def fake_quant_linears(linears, bits: int, group_size: int, sym: bool = False) -> tuple[float, int]:
-    """Fake-quantize the weights of every Linear in place. Returns (sum over weights of their effective
-    bits, number of weights), so that callers can average over several sets."""
+def fake_quant_linears(linears, bits: int, group_size: int, sym: bool = False,
+                       record: Callable[[str, QuantGrid], None] | None = None) -> tuple[float, int]:
+    """Fake-quantize the weights of every Linear (``{name: Linear}``, or an iterable of Linears) in place;
+    ``record(name, grid)`` receives the grid of each. Returns (sum over weights of their effective bits,
+    number of weights), so that callers can average over several sets."""
     eff, n = 0.0, 0
-    for lin in linears:
+    items = linears.items() if isinstance(linears, dict) else enumerate(linears)
+    for name, lin in items:
         w = lin.weight.data
-        w.copy_(fake_quant(w, bits, group_size, sym))
+        q, scale, zero = fake_quant_grid(w, bits, group_size, sym)
+        w.copy_(q)
+        if record is not None:
+            record(name, QuantGrid(bits, group_size, scale, zero))
         eff += effective_bits(bits, w.shape[1], group_size) * w.numel()
         n += w.numel()
     return eff, n

@@ -38,5 +38,6 @@ class Quant(Compressor):
     @torch.no_grad()
     def compress(self, model, calib=None):
         lins = target_linears(model, self.targets)
-        eff, n_w = fake_quant_linears(lins.values(), self.bits, self.group_size, self.sym)
+        self.clear_grids()
+        eff, n_w = fake_quant_linears(lins, self.bits, self.group_size, self.sym, record=self.record_grid)
         return {"effective_bits": eff / max(n_w, 1), "n_linears": len(lins)}
