@@ -49,9 +49,10 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         shifts = torch.arange(per - 1, -1, -1, device=flat.device, dtype=torch.uint8) * bits
         return (flat.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
     # 3, 5, 6, 7 bits: 8 codes = one integer of 8*bits <= 56 bits = ``bits`` bytes
-    shifts = torch.arange(7, -1, -1, device=flat.device, dtype=torch.int64) * bits
-    v = (flat.view(-1, 8).to(torch.int64) << shifts).sum(1)
-    byte_shifts = torch.arange(bits - 1, -1, -1, device=flat.device, dtype=torch.int64) * 8
+    it = torch.int32 if bits <= 3 else torch.int64  # 8 codes: 24 bits at 3 bits, up to 56 at 7
+    shifts = torch.arange(7, -1, -1, device=flat.device, dtype=it) * bits
+    v = (flat.view(-1, 8).to(it) << shifts).sum(1, dtype=it)
+    byte_shifts = torch.arange(bits - 1, -1, -1, device=flat.device, dtype=it) * 8
     return ((v.unsqueeze(1) >> byte_shifts) & 255).to(torch.uint8).reshape(-1)
 
 
@@ -63,9 +64,10 @@ def unpack_codes(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
         per = 8 // bits
         shifts = torch.arange(per - 1, -1, -1, device=packed.device, dtype=torch.uint8) * bits
         return ((packed.unsqueeze(1) >> shifts) & (2 ** bits - 1)).reshape(-1)[:n]
-    byte_shifts = torch.arange(bits - 1, -1, -1, device=packed.device, dtype=torch.int64) * 8
-    v = (packed.view(-1, bits).to(torch.int64) << byte_shifts).sum(1)
-    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.int64) * bits
+    it = torch.int32 if bits <= 3 else torch.int64
+    byte_shifts = torch.arange(bits - 1, -1, -1, device=packed.device, dtype=it) * 8
+    v = (packed.view(-1, bits).to(it) << byte_shifts).sum(1, dtype=it)
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=it) * bits
     return ((v.unsqueeze(1) >> shifts) & (2 ** bits - 1)).to(torch.uint8).reshape(-1)[:n]
 
 
@@ -133,9 +135,28 @@ def encode(w: torch.Tensor, grid: QuantGrid) -> tuple[dict[str, torch.Tensor], d
 
     q = w.to(torch.float32, copy=True)
     _by_group(q, [scale, zero, maxq], grid.group_size, g_idx, quantize_)
-    dec = q.clone()
-    _by_group(dec, [zero, scale], grid.group_size, g_idx, _dequantize_)
-    bad = ~same_bits(dec.to(w.dtype), w)
+    info: dict[str, Any] = {"bits": grid.bits, "group_size": grid.group_size, "n_groups": ng}
+    exact_zero = bool((zero == zero.round()).all() and (zero >= 0).all() and (zero <= 255).all())
+
+    def pack(q: torch.Tensor) -> dict[str, torch.Tensor]:
+        codes = q.to(torch.uint8)
+        out = {"scale": scale, "zero": zero.to(torch.uint8) if exact_zero else zero}
+        if g_idx is not None:
+            out["g_idx"] = gi.to(torch.int32)
+        if high is not None:
+            from lcc.cache.compressed import pack_bits
+
+            is_high = high[:, gi]
+            out["codes"] = pack_codes(codes[~is_high], grid.bits)
+            out["codes_high"] = pack_codes(codes[is_high], grid.high_bits)
+            out["high"] = pack_bits(high)
+            info.update(high_bits=grid.high_bits, n_high=int(is_high.sum()))
+        else:
+            out["codes"] = pack_codes(codes, grid.bits)
+        return out
+
+    out = pack(q)
+    bad = ~same_bits(decode(out, info, w.shape, w.dtype, w.device), w)  # what will be stored, decoded
     if bad.any():  # low-precision weights (bf16 at 8 bits): the quotient may round to a neighbour code
         s, z, m = scale[:, gi][bad], zero[:, gi][bad], maxq[:, gi][bad]
         for step in (-1.0, 1.0):
@@ -148,26 +169,9 @@ def encode(w: torch.Tensor, grid: QuantGrid) -> tuple[dict[str, torch.Tensor], d
                 break
         if bad.any():
             return None
-    codes = q.to(torch.uint8)
-    del q, dec
-    info: dict[str, Any] = {"bits": grid.bits, "group_size": grid.group_size, "n_groups": ng}
-    out: dict[str, torch.Tensor] = {"scale": scale}
-    exact_zero = bool((zero == zero.round()).all() and (zero >= 0).all() and (zero <= 255).all())
-    out["zero"] = zero.to(torch.uint8) if exact_zero else zero
-    if g_idx is not None:
-        out["g_idx"] = gi.to(torch.int32)
-    if high is not None:
-        from lcc.cache.compressed import pack_bits
-
-        is_high = high[:, gi]
-        out["codes"] = pack_codes(codes[~is_high], grid.bits)
-        out["codes_high"] = pack_codes(codes[is_high], grid.high_bits)
-        out["high"] = pack_bits(high)
-        info.update(high_bits=grid.high_bits, n_high=int(is_high.sum()))
-    else:
-        out["codes"] = pack_codes(codes, grid.bits)
-    if not same_bits(decode(out, info, w.shape, w.dtype, w.device), w).all():  # what will be stored, decoded
-        return None
+        out = pack(q)
+        if not same_bits(decode(out, info, w.shape, w.dtype, w.device), w).all():
+            return None
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}, info
 
 
