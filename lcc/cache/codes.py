@@ -6,7 +6,7 @@ A weight ``w`` on a grid is ``((code - zero) * scale).to(dtype)`` in fp32 for an
 column rule, so decoding gives the compressed tensor bit for bit. An entry stores, per coded Linear,
 
 * ``<name>.weight.codes``: the codes packed at ``bits`` bits each (8 codes in ``bits`` bytes, the first code in
-  the high bits; 2 codes a byte at 4 bits), row-major; with mixed precision the codes of the low groups;
+  the high bits; 2 codes a byte at 4 bits), row-major; with mixed precision 0 in the high-precision groups;
 * ``<name>.weight.codes_high`` and ``<name>.weight.high`` (mixed precision only): the codes of the high-precision
   groups packed at ``high_bits``, and one bit per (row, group) saying which groups those are;
 * ``<name>.weight.scale``: fp32 [rows, n_groups]; ``<name>.weight.zero``: the zero points, uint8 when they are
@@ -147,7 +147,7 @@ def encode(w: torch.Tensor, grid: QuantGrid) -> tuple[dict[str, torch.Tensor], d
             from lcc.cache.compressed import pack_bits
 
             is_high = high[:, gi]
-            out["codes"] = pack_codes(codes[~is_high], grid.bits)
+            out["codes"] = pack_codes(codes.masked_fill(is_high, 0), grid.bits)  # dense: a fast decode
             out["codes_high"] = pack_codes(codes[is_high], grid.high_bits)
             out["high"] = pack_bits(high)
             info.update(high_bits=grid.high_bits, n_high=int(is_high.sum()))
@@ -184,7 +184,7 @@ def expected(info: dict[str, Any], shape: tuple[int, int]) -> dict[str, tuple[to
         "scale": (torch.Size([rows, ng]), torch.float32), "zero": (torch.Size([rows, ng]), None)}
     n_high = info.get("n_high")
     if n_high is not None:
-        out["codes"] = (torch.Size([packed_size(rows * cols - n_high, info["bits"])]), torch.uint8)
+        out["codes"] = (torch.Size([packed_size(rows * cols, info["bits"])]), torch.uint8)
         out["codes_high"] = (torch.Size([packed_size(n_high, info["high_bits"])]), torch.uint8)
         out["high"] = (torch.Size([(rows * ng + 7) // 8]), torch.uint8)
     else:
@@ -209,8 +209,7 @@ def decode(t: dict[str, torch.Tensor], info: dict[str, Any], shape: tuple[int, i
         n_high = int(is_high.sum())
         if n_high != info["n_high"]:
             raise ValueError(f"high-precision mask has {n_high} weights, expected {info['n_high']}")
-        codes = torch.empty(rows, cols, dtype=torch.uint8, device=device)
-        codes[~is_high] = unpack_codes(t["codes"].to(device), rows * cols - n_high, info["bits"])
+        codes = unpack_codes(t["codes"].to(device), rows * cols, info["bits"]).view(rows, cols).clone()
         codes[is_high] = unpack_codes(t["codes_high"].to(device), n_high, info["high_bits"])
     else:
         codes = unpack_codes(t["codes"].to(device), rows * cols, info["bits"]).view(rows, cols)
