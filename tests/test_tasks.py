@@ -57,7 +57,8 @@ def test_passkey_needle_text_and_depth_positions():
     t0 = tok.decode(s0.prompt.tolist())
     key = s0.expected[0]
     assert len(key) == 5 and f"The pass key is {key}. Remember it." in t0
-    assert t0.endswith("What is the pass key? The pass key is")       # no chat template on a byte tokenizer
+    assert t0.endswith("What is the pass key? The pass key is ")      # no chat template on a byte tokenizer;
+    assert s0.answer_text == key                                         # the answer's space ends the prompt
     head = t0.index("The grass")                                         # the haystack starts after the instruction
     assert s0.needle_pos <= head + 1                                     # depth 0: right at its start
     assert s1.needle_pos > 2000 - 120                                    # depth 1: right before the question
@@ -100,7 +101,25 @@ def test_smollm2_prompts_with_and_without_chat_template():
         text = tok.decode(s.prompt.tolist())
         assert s.prompt.numel() == 1024 and s.expected[0] in text
         assert text.startswith("<|im_start|>system") is tmpl and ("<|im_start|>assistant" in text) is tmpl
-        assert text.endswith("mentioned in the provided text is")
+        assert text.endswith("mentioned in the provided text is ")
+        assert s.answer_text == s.expected[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,extra", [("passkey", {}), ("niah", {}), ("vt", {}),
+                                        ("niah", {"value_type": "word", "n_keys": 2, "n_queries": 2})])
+def test_smollm2_answers_start_at_the_value_not_at_a_space(name, extra):
+    """SmolLM2 tokenizes " 71432" as " ", "7", ...: the " " ends the prompt and the reference answer starts
+    with the value, so greedy accuracy asks for the value, not for a choice between " " and " the" after
+    "The pass key is" (the dense model's passkey accuracy at 1k was 0.70 with that choice, 1.00 without)."""
+    from transformers import AutoTokenizer
+    from lcc.models import prepare_embedded
+    tok = AutoTokenizer.from_pretrained(prepare_embedded())
+    for s in tasks.build({"name": name, "n_samples": 2, **extra}).samples(tok, 1024, 0, pydoc()):
+        assert s.prompt.numel() == 1024
+        assert tok.decode(s.answer[:1].tolist()).strip(), tok.decode(s.answer.tolist())
+        assert tok.decode(s.prompt.tolist() + s.answer.tolist()).endswith(" " + s.answer_text.lstrip())
+        assert s.answer_text.lstrip().startswith(s.expected[0])
 
 
 def hf_greedy(model, prompt, n):
@@ -297,13 +316,16 @@ def test_lm_eval_local_task_dense_and_compressed_in_one_job(tmp_path):
 
 @pytest.mark.slow
 def test_passkey_on_smollm2_dense_retrieves_and_3bit_loses_some(tmp_path):
-    """On the embedded model at 1k tokens the dense model finds most pass keys; answer KL is positive."""
+    """On the embedded model at 1k tokens the dense model finds every pass key, at every depth (before the
+    answer's leading space ended the prompt it answered "the pass key. The pass key is" at depth 0.25: 0.6);
+    3-bit weights lose most; answer KL is positive."""
     res = run(make_cfg(["logger=none", "task=passkey", "task.n_samples=2", "ctx=1k", "compressor=quant",
                         "compressor.bits=3", "dtype=bfloat16"], tmp_path))
     rows = pd.read_parquet(tmp_path / "samples.parquet")
     assert len(rows) == 10 and (rows.prompt_tokens == 1024).all()
     text = rows.output_dense.tolist()
-    assert res["summary"]["acc_dense"] >= 0.5, text
+    assert res["summary"]["acc_dense"] == 1.0, text
+    assert res["summary"]["acc_compressed"] <= 0.5, rows.output_compressed.tolist()
     assert res["summary"]["kl_answer"] > 0.05 and res["summary"]["nll_compressed"] > res["summary"]["nll_dense"]
 
 
