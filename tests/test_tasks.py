@@ -349,3 +349,57 @@ def test_task_job_logs_to_wandb_offline(tmp_path):
     assert table["task/by_depth/ncols"] == len(res["by_depth"][0]) and table["task/by_depth/nrows"] == 5
     (art,) = [a for a in r.artifacts if a.type == "lcc-job"]   # (wandb adds one of its own for the table)
     assert sorted(e.path for e in art.manifest.contents) == ["result.json", "samples.parquet"]
+
+
+def test_results_tables_from_reduce_files(tmp_path):
+    """scripts/results_tables.py: dense first, compressors ordered by mean KL, accuracy ± SE (KL), Spearman rho
+    of accuracy against -KL (1: same ranking, -1: reversed), from tasks.csv and sensitivity.csv alone."""
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+
+    comps = [("quant", "w4g128", 0.1, 0.9), ("wanda", "sparsity=0.5", 0.5, 0.5), ("quant", "w3g128", 1.0, 0.1)]
+    rows, kl = [], []
+    for task, sign in (("passkey", 1), ("niah", -1)):
+        for c, lvl, k, acc in comps:
+            a = acc if sign > 0 else 1 - acc
+            rows.append({"job": f"{task}-{c}-{lvl}", "model": "m", "data": "pydoc", "task": task, "compressor": c,
+                         "level": lvl, "ctx": 1024, "n_prompts": 100, "acc_dense": 0.8, "acc_dense_se": 0.04,
+                         "acc_compressed": a, "acc_compressed_se": (a * (1 - a) / 100) ** 0.5, "kl_answer": k})
+    for c, lvl, k, _ in comps:
+        kl.append({"job": f"kl-{c}-{lvl}", "model": "m", "data": "pydoc", "compressor": c, "level": lvl,
+                   "ctx": 1024, "kl_mean": k, "kl_se": 0.01})
+    (tmp_path / "t").mkdir()
+    (tmp_path / "k").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "t" / "tasks.csv", index=False)
+    pd.DataFrame(kl).to_csv(tmp_path / "k" / "sensitivity.csv", index=False)
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_tables.py"), str(tmp_path / "t"),
+                        str(tmp_path / "k"), "-o", str(tmp_path / "out.md")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    pk = [ln for ln in lines if ln.startswith("| passkey |")]
+    assert pk[0] == "| passkey | dense | – | 0.80 ± 0.04 |"
+    assert pk[1] == "| passkey | quant | w4g128 | 0.90 ± 0.03 (0.10) |"
+    assert [ln.split(" | ")[2] for ln in pk[1:4]] == ["w4g128", "sparsity=0.5", "w3g128"]
+    assert "| passkey | rho(accuracy, -kl_mean) | 1.00 |" in lines
+    assert "| niah | rho(accuracy, -kl_mean) | -1.00 |" in lines
+    assert "1k (n=100)" in p.stdout and (tmp_path / "out.md").read_text().strip() == p.stdout.strip()
+
+
+def test_task_cost_bench_runs_lcc_scoring_small():
+    """bench/task_cost.py --small: lcc's task scoring (dense, compress, compressed) timed on a tiny model."""
+    import importlib.util
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("task_cost", ROOT / "bench" / "task_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import json
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        assert mod.main(["--small", "--prompts", "2", "--json", f"{d}/c.json"]) == 0
+        rows = json.loads(open(f"{d}/c.json").read())["rows"]
+    phases = [r["phase"] for r in rows]
+    assert phases[0] == "dense scoring" and phases[1].startswith("compress (quant") and phases[2] == "compressed scoring"
+    assert all(r["seconds"] > 0 and r["s_per_prompt"] > 0 for r in rows if "scoring" in r["phase"])
+    assert all(n == 8 for n in rows[-1]["generated"])  # random weights: the whole decoding budget, every prompt
