@@ -118,13 +118,23 @@ def low_precision_gemm(x: torch.Tensor) -> bool:
     up to summation order, without the fp32 copy of x and at the bf16 tensor-core rate.
     ``LCC_HESSIAN_FP32=1`` forces the upcast."""
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and hasattr(torch.ops.aten.addmm, "dtype")
-            and os.environ.get("LCC_HESSIAN_FP32", "0") != "1")
+            and _OUT_DTYPE_WORKS.get(x.dtype) is not False and os.environ.get("LCC_HESSIAN_FP32", "0") != "1")
+
+
+#: dtype -> whether ``addmm(..., out_dtype=float32)`` ran (False after a failure: the fp32 path from then on)
+_OUT_DTYPE_WORKS: dict[torch.dtype, bool] = {}
 
 
 def xtx_add(H: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """H + xᵀx for x [n, d] (H fp32 [d, d]); in place on the fp32 path."""
     if low_precision_gemm(x):
-        return torch.addmm(H, x.t(), x, out_dtype=torch.float32)
+        try:
+            out = torch.addmm(H, x.t(), x, out_dtype=torch.float32)
+            _OUT_DTYPE_WORKS[x.dtype] = True
+            return out
+        except (RuntimeError, TypeError) as e:  # e.g. a build without this kernel: the fp32 upcast
+            _OUT_DTYPE_WORKS[x.dtype] = False
+            log.warning("%s GEMM with fp32 output failed (%s); Hessians use the fp32 upcast", x.dtype, e)
     x = x.float()
     return H.addmm_(x.t(), x)
 

@@ -115,7 +115,10 @@ class _GraphedBlock:
         with torch.cuda.stream(side):
             self.first = _walk_block(self.W1, self.Hinv1, rule)  # block 1's result, and the warm-up
             self.first = tuple(t.clone() for t in self.first)
-        torch.cuda.current_stream(W1.device).wait_stream(side)
+        main = torch.cuda.current_stream(W1.device)
+        main.wait_stream(side)
+        for t in self.first:  # made on the side stream, used on the main one
+            t.record_stream(main)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = _walk_block(self.W1, self.Hinv1, rule)
