@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--calib", default="16x512", help="calibration samples x seqlen (pydoc text)")
     p.add_argument("--eval", default="2x512", help="evaluation windows x tokens for the mean KL")
     p.add_argument("--compressors", default="gptq,sparsegpt")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared machine, two threads spin against other jobs)")
     p.add_argument("--json", default=None)
     p.add_argument("--table", nargs=2, metavar=("BEFORE", "AFTER"), help="print the markdown table of two runs")
     args = p.parse_args(argv)
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
         print(table(*(json.loads(Path(f).read_text()) for f in args.table)))
         return 0
 
+    torch.set_num_threads(args.threads)
     from omegaconf import OmegaConf
 
     import lcc
