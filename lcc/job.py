@@ -250,7 +250,7 @@ def log_step(cfg: DictConfig, result: dict, out: Path) -> None:
     from lcc.logger import log_result
 
     log_result(cfg, result, out)
-    if result.get("task", "kl") != "kl":  # task metrics: lcc.tasks.base.TASK_METRICS
+    if result.get("task", "kl") != "kl":  # a task's metrics: the registry's synthetic / lm_eval entries
         from lcc.tasks.report import done_line
         log.info("done: %s  -> %s", done_line(result), out)
         return

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
-                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label)
+                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label,
+                       wandb_summary)
 from lcc.outputs import flatten  # noqa: F401  (re-exported: lcc.logger.flatten)
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,6 @@ def job_tags(result: dict, extra) -> list[str]:
     return list(dict.fromkeys(t[:64] for t in tags + [str(t) for t in (extra or [])]))
 
 
-def _task_wandb_keys(result: dict) -> set[str]:
-    """Summary keys of a task job shown in W&B (lcc.tasks.base's metric tables)."""
-    from lcc.tasks.base import LM_EVAL_METRICS, TASK_METRICS, metrics_shown
-
-    table = LM_EVAL_METRICS if result.get("lm_eval") else TASK_METRICS
-    return {k for m in metrics_shown("wandb", table) for k in (m.key, f"{m.key}_se")} | {"n_prompts"}
 
 
 def log_result(cfg, result: dict, out: Path) -> None:
@@ -153,7 +148,7 @@ def log_result(cfg, result: dict, out: Path) -> None:
                 if rows := result.get(key):
                     cols = list(rows[0].keys())
                     run.log({f"task/{key}": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
-            shown = WANDB_SUMMARY if result.get("task", "kl") == "kl" else _task_wandb_keys(result)
+            shown = wandb_summary(result)
             run.summary.update({**{k: v for k, v in result["summary"].items() if k in shown},
                                 **{f"time/{k}": v for k, v in result["timings"].items()},
                                 "level": result["level"], "compressor": result["compressor"],

@@ -29,6 +29,18 @@ SUMMARY_COLS = registry.summary_keys()
 #: summary numbers in a job's W&B run summary
 WANDB_SUMMARY = registry.wandb_keys()
 
+
+def wandb_summary(result: dict) -> list[str]:
+    """The summary keys of a job's W&B run summary for its kind of job (kl, synthetic task, lm_eval)."""
+    return registry.wandb_keys(registry.kind_of(result))
+
+
+#: task jobs' tables of reduce (rows model x data x task x compressor x level, columns ctx; cells mean ± SE)
+TASK_TABLES = [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug)
+               for m in registry.table_metrics("synthetic")]
+#: the depth x ctx heatmaps: the dense panel's and the compressed panels' metric
+TASK_HEATMAP = {panel: registry.heatmap_metric(panel).name for panel in ("dense", "compressed")}
+
 #: one sensitivity table each (rows model x data x compressor x level, columns ctx; cells mean ± SE)
 TABLES = [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug) for m in registry.table_metrics()]
 

@@ -298,3 +298,24 @@ def test_engine_on_cuda_batched_and_grouped(name, dtype):
     print(f"\n{name} {dtype}: batched+grouped vs one-at-a-time, relative logit difference {rel:.3g} (the "
           f"compression's own effect: {effect:.3g})")
     assert rel < (1e-2 if dtype == torch.float32 else 0.75 * effect)
+
+
+@cuda
+@pytest.mark.parametrize("fused", ["auto", "torch"])
+def test_chunked_metrics_with_cpu_hidden_and_cuda_heads(fused, monkeypatch):
+    """The task runner keeps scored hidden states and answer ids on the CPU while the heads live on the GPU
+    (first H100 run of task=passkey: 'index is on cpu' in gather). Same numbers as all on the CPU."""
+    from lcc.metrics import chunked_token_metrics
+
+    monkeypatch.setenv("LCC_METRICS_KERNEL", fused)
+    g = torch.Generator().manual_seed(0)
+    hp, hq = torch.randn(300, 64, generator=g), torch.randn(300, 64, generator=g)
+    w = torch.randn(1000, 64, generator=g)
+    t = torch.randint(0, 1000, (300,), generator=g)
+    head_cpu = lambda h: torch.nn.functional.linear(h, w)  # noqa: E731
+    head_gpu = lambda h: torch.nn.functional.linear(h.cuda(), w.cuda())  # noqa: E731
+    ref = chunked_token_metrics(hp, hq, head_cpu, head_cpu, t, chunk_size=128)
+    got = chunked_token_metrics(hp, hq, head_gpu, head_gpu, t, chunk_size=128)
+    for k in ("kl", "nll_p", "nll_q"):
+        torch.testing.assert_close(got[k].cpu(), ref[k], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got["agree"].cpu().float(), ref["agree"].float())

@@ -200,3 +200,71 @@ def test_a_new_metric_is_one_registry_entry(tmp_path):
     assert "nll_gap" in csv and "nll_gap_se" in csv and len(csv) == 2
     assert "## NLL gap (test) ± SE" in (sweep / "sensitivity.md").read_text()
     assert "nll_gap" in pd.read_parquet(sweep / "curves.parquet")
+
+
+@pytest.mark.slow
+def test_a_new_task_metric_is_one_registry_entry(tmp_path):
+    """Copy the package, add one per-prompt Series and one Metric of kind ``synthetic`` to the registry and
+    nothing else: a task job's summary and per-depth rows, its log line, reduce's tasks.csv, tasks_by_depth.csv
+    and task tables carry it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.helpers import ROOT
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
+    reg = src / "lcc" / "metrics" / "registry.py"
+    text = reg.read_text()
+    s_anchor = '    Series("top1_answer", '
+    m_anchor = '    Metric("top1_answer", '
+    assert s_anchor in text and m_anchor in text
+    text = text.replace(s_anchor, '    Series("nll_gap", "answer NLL gap (test)", per="prompt", '
+                                  'derive=lambda a: a["nll_compressed"] - a["nll_dense"]),\n' + s_anchor)
+    text = text.replace(m_anchor, '    Metric("nll_gap", "nll_gap", prompt_mean, "answer NLL gap (test)", se="nll_gap_se", '
+                                  'table=True, log="gap {v:.3g}", kind="synthetic"),\n' + m_anchor)
+    reg.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    sweep = tmp_path / "sweep"
+    p = subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=512", "logger=none",
+                        "task=passkey", "++task.n_samples=2", "++task.max_new_tokens=4", "compressor=quant",
+                        "compressor.bits=3,4", "cache.enabled=false", f"hydra.sweep.dir={sweep}"],
+                       cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (p.stdout + p.stderr).count("  gap ") == 2  # the log line of each job
+    for f in sweep.glob("*/result.json"):
+        r = json.loads(f.read_text())
+        rows = pd.read_parquet(f.parent / "samples.parquet")
+        gap = rows.nll_compressed - rows.nll_dense
+        assert r["summary"]["nll_gap"] == pytest.approx(gap.mean()) and r["summary"]["nll_gap_se"] > 0
+        for d in r["by_depth"]:
+            assert d["nll_gap"] == pytest.approx(gap[rows.depth == d["depth"]].mean())
+    assert "nll_gap" in pd.read_csv(sweep / "tasks.csv") and "nll_gap_se" in pd.read_csv(sweep / "tasks.csv")
+    assert "nll_gap" in pd.read_csv(sweep / "tasks_by_depth.csv")
+    assert "## Tasks: answer NLL gap (test) ± SE" in (sweep / "sensitivity.md").read_text()
+
+
+def test_task_metrics_come_from_the_registry():
+    """Task jobs' W&B keys, log line, tables and heatmap panels are the registry's synthetic / lm_eval entries."""
+    from lcc import names
+    from lcc.metrics import registry
+    from lcc.tasks.report import done_line
+
+    syn = [m.name for m in registry.metrics("synthetic")]
+    assert syn[:3] == ["n_prompts", "acc_dense", "acc_compressed"] and "kl_answer" in syn
+    assert names.TASK_HEATMAP == {"dense": "acc_dense", "compressed": "acc_compressed"}
+    assert [t.key for t in names.TASK_TABLES] == [m.name for m in registry.table_metrics("synthetic")]
+    res = {"task": "passkey", "compressor": "quant", "level": "w3", "ctx": 512,
+           "summary": {"acc_dense": 1.0, "acc_dense_se": 0.0, "acc_compressed": 0.5, "acc_compressed_se": 0.25,
+                       "kl_answer": 0.125, "kl_answer_se": 0.01}}
+    assert names.wandb_summary(res) == registry.wandb_keys("synthetic") and "acc_dense_se" in names.wandb_summary(res)
+    assert done_line(res) == ("passkey quant w3 ctx=512  acc_dense 1 ± 0  acc_compressed 0.5 ± 0.25  "
+                              "kl_answer 0.125 ± 0.01")
+    lm = {"task": "lm_eval", "lm_eval": [], "summary": {}}
+    assert "matching" in names.wandb_summary(lm) and "kl_mean" not in names.wandb_summary(lm)
+    assert names.wandb_summary({"summary": {}}) == names.WANDB_SUMMARY

@@ -103,7 +103,8 @@ class LccSweeper(Sweeper):
         for entry in self.grid:
             jobs += expand(parser.parse_overrides([f"{k}={v}" for k, v in entry.items() if k not in cli_keys]
                                                   + lines))
-        return jobs
+        # grids that differ only in a key the command line replaced give the same job: run it once
+        return [list(j) for j in dict.fromkeys(tuple(j) for j in jobs)]
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None

@@ -6,18 +6,22 @@
   (e.g. 1/0 for a correct answer), a unit of uncertainty of its own.
 * :data:`METRICS`: the numbers of a job's ``summary``: the series it reads, its aggregation, its label, and
   its standard error's key (if any), goes in reduce's tables, in the binned ``curve``, in
-  W&B, and in the job's log line.
+  W&B, and in the job's log line. ``kind`` says which jobs report it: ``kl`` (the per-token KL task),
+  ``synthetic`` (passkey, niah, vt: per-prompt series, the columns of ``samples.parquet``, aggregated over
+  prompts and per needle depth) or ``lm_eval`` (numbers lm-eval itself reports).
 
-``summarize`` (lcc.metrics.summary), the curve table of a job, lcc.reduce and the logger read these lists; a new
-metric is one entry here (and, if it is a new quantity, one ``Series``). Definitions: docs/metrics.md.
+``summarize`` / ``prompt_summary`` (lcc.metrics.summary), the curve table of a job, lcc.reduce (and its task
+tables and heatmaps), the logger and the log line read these lists; a new metric is one entry here (and, if it
+is a new quantity, one ``Series``). Definitions: docs/metrics.md, docs/tasks.md.
 
-A task's accuracy is a per-prompt series plus its metric, e.g.::
+A task's accuracy is a per-prompt series plus its metric::
 
-    Series("passkey_correct", "passkey answered exactly", per="prompt")
-    Metric("passkey_acc", "passkey_correct", binomial, "passkey accuracy", se="passkey_acc_se", table=True,
-           log="passkey {v:.3f}")
+    Series("acc_dense", "1 if the dense greedy output holds every expected string", per="prompt")
+    Metric("acc_dense", "acc_dense", binomial, "accuracy, dense", se="acc_dense_se", table=True,
+           heatmap="dense", log="acc_dense {v:.3g} ± {se:.2g}", kind="synthetic")
 
-``summarize`` aggregates it across prompts (the prompt is its unit of uncertainty, as the document is for KL).
+``prompt_summary`` aggregates it across prompts (the prompt is its unit of uncertainty, as the document is
+for KL).
 """
 from __future__ import annotations
 
@@ -46,6 +50,14 @@ SERIES: list[Series] = [
     Series("nll_q", "NLL of the compressed model", position_column="nll_compressed"),
     Series("agree", "top-1 agreement", position_column="top1_agree"),
     Series("delta_nll", "NLL_q - NLL_p", derive=lambda a: a["nll_q"] - a["nll_p"]),
+    # synthetic tasks (passkey, niah, vt): one value per prompt, a column of samples.parquet
+    Series("acc_dense", "1 if the dense model's greedy output holds every expected string, else 0", per="prompt"),
+    Series("acc_compressed", "1 if the compressed model's greedy output holds every expected string", per="prompt"),
+    Series("acc_delta", "acc_compressed - acc_dense on the same prompt", per="prompt"),
+    Series("nll_dense", "mean NLL of the reference answer's tokens, dense, teacher-forced", per="prompt"),
+    Series("nll_compressed", "mean NLL of the reference answer's tokens, compressed", per="prompt"),
+    Series("kl_answer", "mean KL(P_dense || Q) over the answer positions", per="prompt"),
+    Series("top1_answer", "share of answer positions where both models' argmax agree", per="prompt"),
 ]
 
 
@@ -117,6 +129,11 @@ def count(axis: int) -> Aggregation:
     return lambda values, ctx: (int(values.shape[axis]), None)
 
 
+def reported(values: np.ndarray, ctx: Context | None) -> tuple[Any, Any]:
+    """A number another library computes (lm-eval's scores and standard errors); lcc does not aggregate it."""
+    raise TypeError("this metric is reported by lm-eval, not aggregated by lcc")
+
+
 # ---- the metrics ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
@@ -132,6 +149,8 @@ class Metric:
     log: str | None = None  # its part of the job's log line: format with {v} (and {se})
     exact: bool = False  # an integer count, not a float statistic
     slug: str | None = None  # file- and W&B-key-safe name of its table (default: ``name``)
+    kind: str = "kl"  # the jobs that report it: kl | synthetic | lm_eval (a task's ``kind``, lcc.tasks.base)
+    heatmap: str | None = None  # synthetic tasks: the depth x ctx panel it fills (dense | compressed)
 
     @property
     def table_slug(self) -> str:
@@ -158,28 +177,62 @@ METRICS: list[Metric] = [
     Metric("ppl_compressed", "nll_q", perplexity, "perplexity of the compressed model"),
     Metric("n_docs", "kl", count(0), "documents", exact=True),
     Metric("n_positions", "kl", count(1), "scored positions per document", exact=True),
+    # synthetic tasks: over all prompts (summary) and per needle depth (by_depth); docs/tasks.md
+    Metric("n_prompts", "acc_dense", count(0), "prompts", exact=True, kind="synthetic"),
+    Metric("acc_dense", "acc_dense", binomial, "accuracy, dense", se="acc_dense_se", table=True, heatmap="dense",
+           log="acc_dense {v:.3g} ± {se:.2g}", kind="synthetic"),
+    Metric("acc_compressed", "acc_compressed", binomial, "accuracy, compressed", se="acc_compressed_se", table=True,
+           heatmap="compressed", log="acc_compressed {v:.3g} ± {se:.2g}", kind="synthetic"),
+    Metric("acc_delta", "acc_delta", prompt_mean, "accuracy compressed - dense (paired)", se="acc_delta_se",
+           table=True, kind="synthetic"),
+    Metric("nll_dense", "nll_dense", prompt_mean, "answer NLL, dense (nats/token)", se="nll_dense_se", table=True,
+           kind="synthetic"),
+    Metric("nll_compressed", "nll_compressed", prompt_mean, "answer NLL, compressed (nats/token)",
+           se="nll_compressed_se", table=True, kind="synthetic"),
+    Metric("kl_answer", "kl_answer", prompt_mean, "KL(P_dense || Q) at answer positions (nats/token)",
+           se="kl_answer_se", table=True, log="kl_answer {v:.3g} ± {se:.2g}", kind="synthetic"),
+    Metric("top1_answer", "top1_answer", prompt_mean, "top-1 agreement at answer positions", se="top1_answer_se",
+           kind="synthetic"),
+    # lm-evaluation-harness tasks: the first (task, metric) of lm-eval's results (every row: result.json lm_eval)
+    Metric("score_dense", "dense", reported, "lm-eval score, dense (lm-eval's stderr)", se="score_dense_se",
+           table=True, log="score_dense {v:.3g} ± {se:.2g}", kind="lm_eval"),
+    Metric("score_compressed", "compressed", reported, "lm-eval score, compressed", se="score_compressed_se",
+           table=True, log="score_compressed {v:.3g} ± {se:.2g}", kind="lm_eval"),
+    Metric("score_delta", "delta", reported, "compressed - dense", table=True, kind="lm_eval"),
+    Metric("matching", "matching", reported, "LLM-KICK 'matching': |compressed - dense| <= match_within x |dense|",
+           table=True, log="matching {v}", kind="lm_eval"),
 ]
 
 def series(name: str) -> Series:
     return next(s for s in SERIES if s.name == name)
 
 
-def metric(name: str) -> Metric:
-    return next(m for m in METRICS if m.name == name)
+def metric(name: str, kind: str = "kl") -> Metric:
+    return next(m for m in METRICS if m.name == name and m.kind == kind)
 
 
-def summary_keys() -> list[str]:
+def metrics(kind: str = "kl") -> list[Metric]:
+    """The metrics that jobs of this kind report (kl, synthetic, lm_eval)."""
+    return [m for m in METRICS if m.kind == kind]
+
+
+def summary_keys(kind: str = "kl") -> list[str]:
     """Every key of a job's summary, each metric followed by its SE."""
-    return [k for m in METRICS for k in (m.name, m.se) if k]
+    return [k for m in metrics(kind) for k in (m.name, m.se) if k]
 
 
-def table_metrics() -> list[Metric]:
-    return [m for m in METRICS if m.table]
+def table_metrics(kind: str = "kl") -> list[Metric]:
+    return [m for m in metrics(kind) if m.table]
+
+
+def heatmap_metric(panel: str, kind: str = "synthetic") -> Metric:
+    """The metric of the dense (``panel="dense"``) or compressed panels of the depth x ctx heatmaps."""
+    return next(m for m in metrics(kind) if m.heatmap == panel)
 
 
 def curve_keys() -> list[str]:
     """The per-bin keys of a job's binned ``curve`` besides the bin's own (bin_lo, bin_hi, log2_pos)."""
-    return [k for m in METRICS if m.curve for k in (m.name, m.se if m.curve_se else None) if k]
+    return [k for m in metrics("kl") if m.curve for k in (m.name, m.se if m.curve_se else None) if k]
 
 
 def position_columns() -> list[str]:
@@ -187,16 +240,23 @@ def position_columns() -> list[str]:
     return [s.position_column for s in SERIES if s.position_column]
 
 
-def wandb_keys() -> list[str]:
-    return [k for m in METRICS if m.wandb for k in (m.name, m.se) if k]
+def wandb_keys(kind: str = "kl") -> list[str]:
+    return [k for m in metrics(kind) if m.wandb for k in (m.name, m.se) if k]
 
 
-def log_line(summary: Mapping[str, Any]) -> str:
+def log_line(summary: Mapping[str, Any], kind: str = "kl") -> str:
     """The metrics part of a job's 'done' log line (undefined values print as nan)."""
     def num(v):
         return float("nan") if v is None else v
     return "  ".join(m.log.format(v=num(summary.get(m.name)), se=num(summary.get(m.se)))
-                     for m in METRICS if m.log and m.name in summary)
+                     for m in metrics(kind) if m.log and m.name in summary)
+
+
+def kind_of(result: Mapping[str, Any]) -> str:
+    """The metric kind of a job's result.json: kl, lm_eval or synthetic."""
+    if result.get("task", "kl") == "kl":
+        return "kl"
+    return "lm_eval" if "lm_eval" in result else "synthetic"
 
 
 def finite(v: Any) -> float | None:

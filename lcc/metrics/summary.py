@@ -63,31 +63,18 @@ def summarize(arrays: Mapping[str, np.ndarray]) -> tuple[dict, list[dict]]:
     """Scalar summary and the binned curve (one dict per bin) of one job, from its per-token (and per-prompt)
     series (``kl``, ``nll_p``, ``nll_q``, ``agree``...): every metric of ``lcc.metrics.registry.METRICS``
     whose series is present."""
-    from lcc.metrics.registry import METRICS, SERIES, Context, finite
+    from lcc.metrics.registry import METRICS, Context, finite
 
-    data = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-    for s in SERIES:
-        if s.derive is not None and s.name not in data:
-            try:
-                data[s.name] = s.derive(data)
-            except KeyError:  # a series it derives from is absent
-                pass
-    per_token = [s.name for s in SERIES if s.per == "token" and s.name in data]
+    data = _with_derived(arrays)
+    per_token = [s.name for s in _series() if s.per == "token" and s.name in data]
     ctx = Context(data[per_token[0]].shape[1]) if per_token else None
-    summary: dict = {}
-    for m in METRICS:
-        if m.series not in data:
-            continue
-        v, se = m.agg(data[m.series], ctx)
-        summary[m.name] = v if m.exact else finite(v)
-        if m.se:
-            summary[m.se] = finite(se)
+    summary = _aggregate([m for m in METRICS if m.kind != "lm_eval"], data, ctx)
     curve: list[dict] = []
     if ctx is not None:
         x = ctx.x
         cols: dict[str, np.ndarray] = {}
         for m in METRICS:
-            if m.curve and m.series in data:
+            if m.curve and m.kind == "kl" and m.series in data:
                 mean, se = mean_se(ctx.bin_means(data[m.series]))
                 cols[m.name] = mean
                 if m.se and m.curve_se:
@@ -95,6 +82,52 @@ def summarize(arrays: Mapping[str, np.ndarray]) -> tuple[dict, list[dict]]:
         curve = [{"bin_lo": lo, "bin_hi": hi, "log2_pos": finite(x[b]), **{k: finite(c[b]) for k, c in cols.items()}}
                  for b, (lo, hi) in enumerate(ctx.bins)]
     return summary, curve
+
+
+def _series():
+    from lcc.metrics.registry import SERIES
+    return SERIES
+
+
+def _with_derived(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays as float64, plus every registered series derived from them."""
+    data = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+    for s in _series():
+        if s.derive is not None and s.name not in data:
+            try:
+                data[s.name] = s.derive(data)
+            except KeyError:  # a series it derives from is absent
+                pass
+    return data
+
+
+def _aggregate(metrics, data: Mapping[str, np.ndarray], ctx) -> dict:
+    """Every metric whose series is present: its value (and SE), NaN as None."""
+    from lcc.metrics.registry import finite
+
+    summary: dict = {}
+    for m in metrics:
+        if m.series not in data:
+            continue
+        v, se = m.agg(data[m.series], ctx)
+        summary[m.name] = v if m.exact else finite(v)
+        if m.se:
+            summary[m.se] = finite(se)
+    return summary
+
+
+def prompt_summary(rows: "pd.DataFrame", kind: str = "synthetic", by: str = "depth") -> tuple[dict, list[dict]]:
+    """A task job's summary over all its prompts and one dict per ``by`` value (needle depth), from its
+    per-prompt rows (the columns of samples.parquet): every metric of the registry of this ``kind``."""
+    from lcc.metrics.registry import metrics
+
+    ms = metrics(kind)
+
+    def agg(frame) -> dict:
+        return _aggregate(ms, _with_derived({c: frame[c].to_numpy() for c in frame.columns
+                                             if frame[c].dtype.kind in "biuf"}), None)
+    groups = [{by: float(value), **agg(g)} for value, g in rows.groupby(by, sort=True)]
+    return agg(rows), groups
 
 
 def position_table(arrays: Mapping[str, np.ndarray]) -> "pd.DataFrame":

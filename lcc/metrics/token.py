@@ -139,10 +139,11 @@ def chunked_token_metrics(h_p: torch.Tensor, h_q: torch.Tensor, head_p: Callable
     for s in range(0, targets.shape[0], chunk_size):
         e = min(s + chunk_size, targets.shape[0])
         zp, zq = head_p(h_p[s:e]), head_q(h_q[s:e])
+        t = targets[s:e].to(zp.device)  # the heads may run where the hidden states are not (cached on CPU)
         if fused and zp.is_cuda and zq.device == zp.device:
-            m = fused_token_metrics(zp, zq, targets[s:e].to(zp.device))
+            m = fused_token_metrics(zp, zq, t)
         else:
-            m = token_metrics(zp, zq, targets[s:e])
+            m = token_metrics(zp, zq, t)
         del zp, zq
         for k, v in m.items():
             out.setdefault(k, []).append(v)

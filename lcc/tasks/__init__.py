@@ -7,7 +7,7 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
-from lcc.tasks.base import LM_EVAL_METRICS, REGISTRY, TASK_METRICS, Task, get, register  # noqa: F401
+from lcc.tasks.base import REGISTRY, Task, get, register  # noqa: F401
 
 #: modules of this package that define no task
 _NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words"}

@@ -1,4 +1,4 @@
-"""The task contract, its name registry, and the one table of task metrics.
+"""The task contract and its name registry (task metrics are entries of ``lcc.metrics.registry``).
 
 A task is a small dataclass: its fields are its parameters (with their defaults), ``check()`` range-checks
 them (a ``ConfigError`` naming the value and the valid choices), and ``kind`` says how a job runs it:
@@ -15,11 +15,8 @@ them all (module discovery), so adding a task is adding one module plus ``lcc/co
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import numpy as np
 
 from lcc import ConfigError
 
@@ -87,78 +84,3 @@ def check_choice(obj: Any, key: str, choices: list) -> None:
     v = getattr(obj, key)
     if not any(v is c if isinstance(c, bool) else (not isinstance(v, bool) and v == c) for c in choices):
         raise ConfigError(f"task.{key}={v!r} is invalid; valid choices: {choices}")
-
-
-# ---- the one table of task metrics -------------------------------------------------------------
-@dataclass(frozen=True)
-class TaskMetric:
-    """One number a task job reports. ``key`` is the per-prompt column of ``samples.parquet`` and the key of
-    ``summary`` (with ``<key>_se``); ``agg`` how prompts are aggregated: ``binomial`` (a 0/1 outcome: the
-    proportion, SE sqrt(p(1-p)/n)) or ``mean`` (mean over prompts, SE = sample std / sqrt(n): the prompt is
-    the unit, as the document is for KL); ``shown``: where it appears (``table``: reduce's task tables,
-    ``heatmap``: reduce's depth x ctx figures, ``wandb``: the run summary, ``log``: the job's last line)."""
-
-    key: str
-    agg: str
-    label: str
-    shown: tuple[str, ...]
-
-
-#: Synthetic long-context tasks (passkey, niah, vt). "answer positions" are the teacher-forced positions of
-#: the reference answer's tokens.
-TASK_METRICS: tuple[TaskMetric, ...] = (
-    TaskMetric("acc_dense", "binomial", "accuracy, dense", ("table", "heatmap", "wandb", "log")),
-    TaskMetric("acc_compressed", "binomial", "accuracy, compressed", ("table", "heatmap", "wandb", "log")),
-    TaskMetric("acc_delta", "mean", "accuracy compressed - dense (paired)", ("table", "wandb")),
-    TaskMetric("nll_dense", "mean", "answer NLL, dense (nats/token)", ("table", "wandb")),
-    TaskMetric("nll_compressed", "mean", "answer NLL, compressed (nats/token)", ("table", "wandb")),
-    TaskMetric("kl_answer", "mean", "KL(P_dense || Q) at answer positions (nats/token)", ("table", "wandb", "log")),
-    TaskMetric("top1_answer", "mean", "top-1 agreement at answer positions", ("wandb",)),
-)
-
-#: lm-evaluation-harness tasks: one row per (task, metric) of lm-eval's results.
-LM_EVAL_METRICS: tuple[TaskMetric, ...] = (
-    TaskMetric("score_dense", "lm_eval", "lm-eval score, dense (lm-eval's stderr)", ("table", "wandb", "log")),
-    TaskMetric("score_compressed", "lm_eval", "lm-eval score, compressed", ("table", "wandb", "log")),
-    TaskMetric("score_delta", "lm_eval", "compressed - dense", ("table", "wandb")),
-    TaskMetric("matching", "lm_eval", "LLM-KICK 'matching': |compressed - dense| <= match_within x |dense|",
-               ("table", "wandb", "log")),
-)
-
-
-def metrics_shown(where: str, table: tuple[TaskMetric, ...] = TASK_METRICS) -> list[TaskMetric]:
-    return [m for m in table if where in m.shown]
-
-
-def _num(v: float) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def aggregate(values: np.ndarray, agg: str) -> tuple[float | None, float | None]:
-    """Mean and standard error of per-prompt values under the metric's aggregation (None: undefined)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return None, None
-    m = x.mean()
-    if agg == "binomial":
-        return _num(m), _num(math.sqrt(m * (1 - m) / n))
-    if agg == "mean":
-        return _num(m), (_num(x.std(ddof=1) / math.sqrt(n)) if n > 1 else None)
-    raise ValueError(f"unknown aggregation {agg!r}")
-
-
-def summarize(rows, by: str = "depth") -> tuple[dict, list[dict]]:
-    """Overall summary and one dict per ``by`` value (depth) from the per-prompt rows (a DataFrame)."""
-    summary: dict[str, Any] = {"n_prompts": int(len(rows))}
-    for m in TASK_METRICS:
-        summary[m.key], summary[f"{m.key}_se"] = aggregate(rows[m.key].to_numpy(), m.agg)
-    groups = []
-    for value, g in rows.groupby(by, sort=True):
-        d: dict[str, Any] = {by: float(value), "n_prompts": int(len(g))}
-        for m in TASK_METRICS:
-            d[m.key], d[f"{m.key}_se"] = aggregate(g[m.key].to_numpy(), m.agg)
-        groups.append(d)
-    return summary, groups

@@ -71,5 +71,5 @@ class NIAH(SyntheticTask):
         else:
             q = f"\n\nWhat are all the special magic {what} for {names} mentioned in the provided text?"
             prefix = f"The special magic {what} for {names} mentioned in the provided text are"
-        ids, starts = b.build(inst, q, prefix, needles, self.haystack, rng)
-        return self.sample(b, depth, index, ids, starts[0], " " + ", ".join(expected), expected)
+        ids, starts, answer = b.build(inst, q, prefix, needles, self.haystack, rng, " " + ", ".join(expected))
+        return self.sample(b, depth, index, ids, starts[0], answer, expected)

@@ -29,6 +29,6 @@ class Passkey(SyntheticTask):
     def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
         key = random_number(rng, self.digits)
         needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
-        ids, starts = b.build(INSTRUCTION, "\n\nWhat is the pass key?", "The pass key is", [(depth, needle)],
-                              self.haystack, rng)
-        return self.sample(b, depth, index, ids, starts[0], f" {key}", [key])
+        ids, starts, answer = b.build(INSTRUCTION, "\n\nWhat is the pass key?", "The pass key is",
+                                      [(depth, needle)], self.haystack, rng, f" {key}")
+        return self.sample(b, depth, index, ids, starts[0], answer, [key])

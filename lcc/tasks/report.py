@@ -3,7 +3,8 @@
 ``report(sweep_dir, jobs)`` is called by ``lcc.reduce.reduce`` with its job table; it returns the markdown
 sections and writes ``tasks.csv`` (one row per finished task job), ``tasks_by_depth.csv`` and
 ``plots/<task>_depth_ctx.png`` (accuracy per depth x ctx: one panel for the dense model and one per compressor
-and level). The metrics and their labels come from ``lcc.tasks.base.TASK_METRICS`` / ``LM_EVAL_METRICS``.
+and level). The metrics and their labels come from the registry (``lcc.metrics.registry``, kinds
+``synthetic`` and ``lm_eval``) through ``lcc.names``.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from lcc.io import atomic_write, read_json
-from lcc.names import ctx_label
-from lcc.tasks.base import LM_EVAL_METRICS, TASK_METRICS, metrics_shown
+from lcc.metrics import registry
+from lcc.names import TASK_HEATMAP, TASK_TABLES, ctx_label
 
 ROW = ["model", "data", "task", "compressor", "level"]
 
@@ -29,10 +30,8 @@ def _fmt(m, se=None, digits: int = 3) -> str:
 
 def done_line(result: dict) -> str:
     """The job's last log line."""
-    s = result["summary"]
-    shown = metrics_shown("log", LM_EVAL_METRICS if result.get("lm_eval") else TASK_METRICS)
-    parts = [f"{m.key} {_fmt(s.get(m.key), s.get(m.key + '_se'))}" for m in shown]
-    return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  " + "  ".join(parts)
+    line = registry.log_line(result["summary"], registry.kind_of(result))
+    return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
 
 
 def load(sweep_dir: Path, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -57,16 +56,19 @@ def tables(per_job: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if per_job.empty:
         return out
     df = per_job.sort_values("ctx")
-    for m in metrics_shown("table"):
-        df = df.assign(cell=[_fmt(a, b) for a, b in zip(df[m.key], df[m.key + "_se"])])
+    for m in TASK_TABLES:
+        if m.key not in df:
+            continue
+        se = df[m.se] if m.se in df else [None] * len(df)
+        df = df.assign(cell=[_fmt(a, b) for a, b in zip(df[m.key], se)])
         t = df.pivot_table(index=ROW, columns="ctx", values="cell", aggfunc="first")
         t.columns = [ctx_label(c) for c in t.columns]
         out[m.label] = t.fillna("–")
-    # accuracy: dense beside compressed for every ctx
+    # the heatmap metric (accuracy): dense beside compressed for every ctx
     cells = []
     for _, r in df.iterrows():
-        cells.append({**{k: r[k] for k in ROW}, "ctx": r.ctx,
-                      "dense": _fmt(r.acc_dense, None, 2), "compressed": _fmt(r.acc_compressed, None, 2)})
+        cells.append({**{k: r[k] for k in ROW}, "ctx": r.ctx, **{
+            panel: _fmt(r.get(key), None, 2) for panel, key in TASK_HEATMAP.items()}})
     c = pd.DataFrame(cells).pivot_table(index=ROW, columns="ctx", values=["dense", "compressed"], aggfunc="first")
     c = c.reorder_levels([1, 0], axis=1).sort_index(axis=1, level=0, sort_remaining=False)
     c.columns = [f"{ctx_label(ctx)} {which}" for ctx, which in c.columns]
@@ -83,7 +85,7 @@ def lm_eval_table(lm: pd.DataFrame) -> pd.DataFrame:
     return t[cols + ["dense", "compressed", "delta", "matching"]].sort_values(cols)
 
 
-def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> list[Path]:
+def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame) -> list[Path]:
     """One figure per (model, data, task): accuracy per depth (rows) x ctx (columns); a panel for the dense
     model, then one per compressor and level."""
     import matplotlib
@@ -97,10 +99,10 @@ def heatmaps(sweep_dir: Path, per_depth: pd.DataFrame, metric: str = "acc") -> l
     for (model, data, task), g in per_depth.groupby(["model", "data", "task"]):
         ctxs = sorted(g.ctx.unique())
         depths = sorted(g.depth.unique())
-        panels = [("dense", g, f"{metric}_dense")]
+        panels = [("dense", g, TASK_HEATMAP["dense"])]
         for (comp, level), gc in g.groupby(["compressor", "level"]):
             if comp != "none":
-                panels.append((f"{comp}\n{level}", gc, f"{metric}_compressed"))
+                panels.append((f"{comp}\n{level}", gc, TASK_HEATMAP["compressed"]))
         ncol = min(3, len(panels))
         nrow = math.ceil(len(panels) / ncol)
         w = max(2.4, 0.75 * len(ctxs) + 1.3)

@@ -1,5 +1,6 @@
 """A job with a synthetic task (passkey, niah, vt): prompts -> dense scores (cached) -> compress in place ->
-compressed scores -> per-prompt rows (samples.parquet) and the summary of ``lcc.tasks.base.TASK_METRICS``.
+compressed scores -> per-prompt rows (samples.parquet) and the summary of the registry's
+``synthetic`` metrics (lcc.metrics.registry).
 
 The same conventions as a KL job (lcc/job.py): one model copy (the dense model is scored first, then
 compressed in place), the shared dense cache (the dense scores of a (model, task, ctx, seed) are computed once
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lcc import compressors
 from lcc.io import file_records, write_parquet
 from lcc.evaluate import logits_fn
-from lcc.tasks.base import summarize
+from lcc.metrics.summary import prompt_summary
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
 
@@ -149,7 +150,7 @@ def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
     comp_s = time.perf_counter() - t
     df = rows(samples, dense, scored, head_d, head_c, decode)
     write_parquet(out / "samples.parquet", df)
-    summary, by_depth = summarize(df)
+    summary, by_depth = prompt_summary(df, "synthetic")
     timings = {"load_s": m.seconds, "data_s": data_s, "dense_score_s": dense_s,
                "dense_cache_s": cache.pop("dense_cache_s", None), "compress_s": compression.compress_s,
                "compress_cache_s": compression.cache_s, "compressed_score_s": comp_s,

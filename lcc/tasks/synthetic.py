@@ -3,7 +3,7 @@ from a seed, offline, at any context length, in tokens of the model's own tokeni
 
 A prompt is ``head + haystack-with-needles + tail`` where ``head`` is the BOS token or the chat template's
 opening plus the task's instruction, and ``tail`` the question, the template's closing (assistant turn) and
-the answer prefix ("The pass key is"). The pieces are tokenized separately and concatenated, so the prompt
+the answer prefix ("The pass key is") and the reference answer's leading whitespace tokens. The pieces are tokenized separately and concatenated, so the prompt
 is exactly ``ctx`` tokens: the haystack gets what the frame and the needles leave. A needle at depth ``d``
 goes in front of haystack token ``round(d * H)``, moved back to the nearest sentence boundary (at most
 ``SNAP`` tokens) so that no word is cut; the prompt records where it landed.
@@ -126,10 +126,24 @@ class PromptBuilder:
         ids += hay[last:] + tail
         return ids, starts
 
+    def split_answer(self, answer: str) -> tuple[list[int], list[int]]:
+        """(lead, rest) of the answer's tokens: ``lead`` its leading whitespace-only tokens (SmolLM2 and Llama
+        tokenize " 71432" as " ", "7", "1", ...), which end the prompt, ``rest`` what the model must produce.
+        Without the split the first greedy token decides between " " and a word (" the", " a") after the
+        answer prefix: a wording choice, not retrieval (docs/tasks.md, "Where the answer starts")."""
+        ids = self.encode(answer)
+        k = 0
+        while k < len(ids) - 1 and not self.decode([ids[k]]).strip():
+            k += 1
+        return ids[:k], ids[k:]
+
     def build(self, instruction: str, question: str, answer_prefix: str, needles: list[tuple[float, str]],
-              haystack: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-        """A prompt of exactly ``ctx`` tokens."""
+              haystack: str, rng: np.random.Generator, answer: str) -> tuple[list[int], list[int], list[int]]:
+        """A prompt of exactly ``ctx`` tokens; returns (prompt ids, start of each needle, answer ids). The prompt
+        ends with the answer's leading whitespace tokens (``split_answer``)."""
         head, tail = self.frame(instruction, question, answer_prefix)
+        lead, answer_ids = self.split_answer(answer)
+        tail = tail + lead
         nids = [(d, self.encode(t)) for d, t in needles]
         n_hay = self.ctx - len(head) - len(tail) - sum(len(t) for _, t in nids)
         if n_hay < 16:
@@ -137,7 +151,7 @@ class PromptBuilder:
                               f"({self.ctx - n_hay} tokens); valid: ctx >= {self.ctx - n_hay + 16}")
         ids, starts = self.assemble(head, self.haystack(haystack, n_hay, rng), nids, tail)
         assert len(ids) == self.ctx, (len(ids), self.ctx)
-        return ids, starts
+        return ids, starts, answer_ids
 
 
 @dataclass
@@ -185,11 +199,11 @@ class SyntheticTask(Task):
         return out
 
     @staticmethod
-    def sample(b: PromptBuilder, depth: float, index: int, ids: list[int], needle_pos: int, answer_text: str,
+    def sample(b: PromptBuilder, depth: float, index: int, ids: list[int], needle_pos: int, answer: list[int],
                expected: list[str]) -> Sample:
         return Sample(depth=depth, index=index, prompt=torch.tensor(ids, dtype=torch.long),
-                      answer=torch.tensor(b.encode(answer_text), dtype=torch.long), expected=expected,
-                      needle_pos=needle_pos, answer_text=answer_text)
+                      answer=torch.tensor(answer, dtype=torch.long), expected=expected,
+                      needle_pos=needle_pos, answer_text=b.decode(answer))
 
 
 def random_number(rng: np.random.Generator, digits: int) -> str:

@@ -62,5 +62,5 @@ class VT(SyntheticTask):
         q = f"\n\nQuestion: Find all variables that are assigned the value {value} in the text above."
         prefix = (f" Answer: According to the chain(s) of variable assignment in the text above, {len(names)} "
                   f"variables are assigned the value {value}, they are:")
-        ids, starts = b.build(inst, q, prefix, needles, self.haystack, rng)
-        return self.sample(b, depth, index, ids, starts[0], " " + " ".join(names), names)
+        ids, starts, answer = b.build(inst, q, prefix, needles, self.haystack, rng, " " + " ".join(names))
+        return self.sample(b, depth, index, ids, starts[0], answer, names)
