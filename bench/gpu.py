@@ -62,10 +62,11 @@ ARCHS = {
 }
 
 #: compressor -> target seconds on the 7B architecture with 128 x 2048 calibration tokens
-COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 120, "gptq": 600, "sparsegpt": 600}
+COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120}
 RATIO_TARGET = 1.10
 MEM_TARGET_GIB = {"llama3_8b": 40.0}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+CBEGIN, CEND = "<!-- bench-compress:begin -->", "<!-- bench-compress:end -->"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -317,43 +318,133 @@ def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
     print(text[:6000], flush=True)
 
 
-def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, partial_for=()):
-    from lcc import compressors
+#: compressor rows of the compress section: label -> config
+COMPRESS_SPECS = {
+    "quant": {"name": "quant"},
+    "magnitude": {"name": "magnitude"},
+    "wanda": {"name": "wanda"},
+    "sparsegpt": {"name": "sparsegpt"},
+    "gptq": {"name": "gptq"},
+    "gptq_act": {"name": "gptq", "act_order": True},
+}
+
+
+def _floor_s(model, calib, stats_cls, dev, layers: int) -> float:
+    """The floor of a calibrated compressor: lcc's engine over the first ``layers`` blocks with the compressor's
+    statistics and a rule that does nothing (capture, the statistics pass with the statistics accumulated,
+    the propagation pass)."""
+    from lcc.compressors.base import Targets
+    from lcc.compressors.engine import run_sequential
+
+    sync(dev)
+    t0 = time.perf_counter()
+    run_sequential(model, calib, Targets(layers=[0, layers]), stats_cls(), lambda *a: None, desc="floor")
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def _run_compress(model, comp, calib, dev):
     from lcc.job import compress_step
+
+    reinit_(model)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    reset_peak(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    try:
+        info = compress_step(comp, model, calib).info
+        status = "ok"
+    except Exception as e:  # noqa: BLE001 - report and go on with the next compressor
+        info, status = {}, f"failed: {type(e).__name__}: {e}"
+    sync(dev)
+    return time.perf_counter() - t0, info, status
+
+
+def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, partial_for=(), budget_s=0.0,
+                     dump=lambda: None):
+    """Each compressor's ``compress`` on the whole model (all blocks; ``calib_layers`` > 0: the first N blocks of
+    the compressors in ``partial_for``, scaled to the model), beside its floor (:func:`_floor_s`, measured over
+    all blocks in the same run) and the ratio. ``budget_s`` > 0: a calibrated compressor that would not fit in
+    its share of the remaining budget (from a 1-block probe) is timed on fewer blocks."""
+    from lcc import compressors
+    from lcc.compressors.base import Targets  # noqa: F401
 
     n_layers = model.config.num_hidden_layers
     g = torch.Generator().manual_seed(1)
     calib = torch.randint(0, model.config.vocab_size, calib_shape, generator=g)
-    for name in names:
-        if name not in compressors.REGISTRY:
+    t_start = time.perf_counter()
+    floors: dict[str, float] = {}
+    todo = [n for n in names]
+    for k, name in enumerate(names):
+        spec = COMPRESS_SPECS.get(name, {"name": name})
+        if spec["name"] not in compressors.REGISTRY:
             rows.append(dict(compressor=name, arch=arch, status="not registered"))
             print(f"[compress] {name}: not registered, skipped", flush=True)
             continue
-        comp = compressors.build({"name": name})
+        comp = compressors.build(spec)
         calibrated = comp.needs_calibration()
         layers = n_layers
-        if calibrated and calib_layers and calib_layers < n_layers and name in partial_for:
-            layers = calib_layers
-            comp = compressors.build({"name": name, "targets": {"layers": [0, calib_layers]}})
-        reinit_(model)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-        reset_peak(dev)
-        t0 = time.perf_counter()
-        try:
-            info = compress_step(comp, model, calib if calibrated else None).info
-            status = "ok"
-        except Exception as e:  # noqa: BLE001 - report and go on with the next compressor
-            info, status = {}, f"failed: {type(e).__name__}: {e}"
-        sync(dev)
-        t = time.perf_counter() - t0
+        if calibrated:
+            key = comp.stats.__name__
+            if key not in floors:
+                reinit_(model)
+                floors[key] = _floor_s(model, calib, comp.stats, dev, n_layers)
+                print(f"[compress] {arch} floor ({key}: capture, statistics pass, propagation pass; {n_layers} "
+                      f"blocks): {floors[key]:.2f} s", flush=True)
+            if calib_layers and calib_layers < n_layers and name in partial_for:
+                layers = calib_layers
+            if budget_s > 0:
+                left = budget_s - (time.perf_counter() - t_start)
+                share = left / max(1, len([n for n in todo[k:] if n not in ("quant", "magnitude")]))
+                probe, _, _ = _run_compress(model, compressors.build({**spec, "targets": {"layers": [0, 1]}}),
+                                            calib, dev)
+                fit = max(1, int(share / max(probe, 1e-6)))
+                if fit < layers:
+                    print(f"[compress] {name}: 1 block took {probe:.1f} s; {fit} blocks fit in its share of the "
+                          f"budget ({share:.0f} s)", flush=True)
+                    layers = fit
+            if layers < n_layers:
+                comp = compressors.build({**spec, "targets": {"layers": [0, layers]}})
+        t, info, status = _run_compress(model, comp, calib if calibrated else None, dev)
         full = t * n_layers / layers
+        floor = floors.get(comp.stats.__name__) if calibrated else None
         rows.append(dict(compressor=name, level=comp.level(), arch=arch, status=status, seconds=t,
                          layers_timed=layers, n_layers=n_layers, full_s=full, peak_gib=peak_gib(dev),
                          calib=f"{calib_shape[0]}x{calib_shape[1]}" if calibrated else "-",
-                         target_s=COMPRESS_TARGETS.get(name)))
+                         floor_s=floor, ratio=(full / floor) if floor else None,
+                         target_s=COMPRESS_TARGETS.get(name),
+                         info={k: v for k, v in info.items() if isinstance(v, (int, float))}))
         print(f"[compress] {arch} {name} ({comp.level()}): {t:.2f} s over {layers}/{n_layers} blocks "
-              f"-> {full:.1f} s for the model; peak {peak_gib(dev):.2f} GiB; {status}", flush=True)
+              f"-> {full:.1f} s for the model; floor {_f(floor, '{:.1f}')} s, ratio "
+              f"{_f(rows[-1]['ratio'], '{:.2f}')}; peak {peak_gib(dev):.2f} GiB; {status}", flush=True)
+        dump()
+
+
+def section_compress_profile(model, dev, calib_shape, layers: int, path: Path, name: str = "gptq") -> str:
+    """torch.profiler of ``name`` over the first ``layers`` blocks: the top operations by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lcc import compressors
+
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, model.config.vocab_size, calib_shape, generator=g)
+    spec = {**COMPRESS_SPECS.get(name, {"name": name}), "targets": {"layers": [0, layers]}}
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    reinit_(model)
+    sync(dev)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        compressors.build(spec).compress(model, calib)
+        sync(dev)
+    wall = time.perf_counter() - t0
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60)
+    text = (f"{name} on {layers} blocks, calibration {calib_shape[0]}x{calib_shape[1]}, under the profiler: "
+            f"{wall:.2f} s wall; top operations by {key}:\n\n{table}")
+    path.write_text(text)
+    print(text[:8000], flush=True)
+    return text
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -410,19 +501,6 @@ def report(args, env, eval_rows, comp_rows) -> str:
                           f"(xxh3-checked) of the entry. Ratio target <= {RATIO_TARGET}. Peak = max allocated over "
                           f"the lcc evaluation of that length (dense pass, in-place compression, compressed pass); "
                           f"lcc never holds two model copies."]
-    if comp_rows:
-        lines += ["", "| compressor | level | arch | calibration | blocks timed | seconds | full model s | target s | "
-                      "met | peak GiB | status |", "|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
-        for r in comp_rows:
-            if r["status"] == "not registered":
-                lines.append(f"| {r['compressor']} | - | {r['arch']} | - | - | - | - | "
-                             f"{_f(COMPRESS_TARGETS.get(r['compressor']), '{}')} | - | - | not registered |")
-                continue
-            tgt = r.get("target_s")
-            met = None if tgt is None or r["status"] != "ok" else r["full_s"] <= tgt
-            lines.append(f"| {r['compressor']} | {r['level']} | {r['arch']} | {r['calib']} | "
-                         f"{r['layers_timed']}/{r['n_layers']} | {r['seconds']:.2f} | {r['full_s']:.1f} | "
-                         f"{_f(tgt, '{}')} | {_ok(met)} | {_f(r['peak_gib'], '{:.2f}')} | {r['status']} |")
     for arch, gib in env.get("mem_checks", {}).items():
         tgt = MEM_TARGET_GIB.get(arch)
         lines.append(f"\nPeak GPU memory of the lcc evaluation of {arch} at {env['max_len']} tokens: {gib:.2f} GiB"
@@ -430,11 +508,42 @@ def report(args, env, eval_rows, comp_rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(path: Path, table: str) -> None:
-    block = f"{BEGIN}\n{table}{END}\n"
-    if path.exists() and BEGIN in (text := path.read_text()) and END in text:
-        head, rest = text.split(BEGIN, 1)
-        path.write_text(head + block + rest.split(END, 1)[1].lstrip("\n"))
+def compress_report(env, comp_rows, profile: str | None = None) -> str:
+    """The compress section's table: whole-model seconds, the floor and the ratio, per compressor."""
+    lines = [f"Device: {env['gpu']}; torch {env['torch']}, transformers {env['transformers']}, CUDA {env['cuda']}; "
+             f"{env['date']}", "", f"Command: `{env['command']}`", "",
+             "| compressor | level | arch | calibration | blocks timed | seconds | full model s | floor s | "
+             "ratio | target s | met | peak GiB | status |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in comp_rows:
+        if r["status"] == "not registered":
+            lines.append(f"| {r['compressor']} | - | {r['arch']} | - | - | - | - | - | - | "
+                         f"{_f(COMPRESS_TARGETS.get(r['compressor']), '{}')} | - | - | not registered |")
+            continue
+        tgt = r.get("target_s")
+        met = None if tgt is None or r["status"] != "ok" else r["full_s"] <= tgt
+        lines.append(f"| {r['compressor']} | {r['level']} | {r['arch']} | {r['calib']} | "
+                     f"{r['layers_timed']}/{r['n_layers']} | {r['seconds']:.2f} | {r['full_s']:.1f} | "
+                     f"{_f(r.get('floor_s'), '{:.1f}')} | {_f(r.get('ratio'), '{:.2f}')} | {_f(tgt, '{}')} | "
+                     f"{_ok(met)} | {_f(r['peak_gib'], '{:.2f}')} | {r['status']} |")
+    lines += ["", "full model s = seconds x all blocks / blocks timed (equal when every block is timed). floor = lcc's "
+                  "engine over all blocks with the compressor's statistics and a rule that does nothing (capture of "
+                  "block 0's inputs, the statistics pass with the Hessians or norms accumulated, the propagation "
+                  "pass), same run; ratio = full model s / floor."]
+    if profile:
+        lines += ["", "Profile of the largest remaining cost:", "", "```", profile.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``table`` between the ``begin``/``end`` markers of ``path`` (appended at the end when the file has
+    no such markers; a new file when there is none)."""
+    block = f"{begin}\n{table}{end}\n"
+    if path.exists() and begin in (text := path.read_text()) and end in text:
+        head, rest = text.split(begin, 1)
+        path.write_text(head + block + rest.split(end, 1)[1].lstrip("\n"))
+    elif path.exists():
+        path.write_text(path.read_text().rstrip("\n") + "\n\n" + block)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("# Benchmarks\n\n" + block)
@@ -450,14 +559,19 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default="floor,eval,compress", help="comma list of floor, eval, compress, profile")
     p.add_argument("--compressors", default=None,
                    help="compressors to time, comma list (unregistered ones are reported and skipped); default "
-                        "quant,magnitude,wanda,sparsegpt,gptq (--small: quant,magnitude,wanda)")
+                        "quant,magnitude,wanda,sparsegpt,gptq,gptq_act (gptq_act: gptq with act_order)")
     p.add_argument("--compress-arch", default=None, help="architecture for the compress section")
     p.add_argument("--calib", default=None, help="calibration samples x seqlen, e.g. 128x2048")
     p.add_argument("--calib-layers", type=int, default=0,
                    help="time the --calib-layers-for compressors on the first N blocks only and scale to all "
-                        "blocks (0: all)")
-    p.add_argument("--calib-layers-for", default="sparsegpt,gptq",
+                        "blocks (0: all, the default)")
+    p.add_argument("--calib-layers-for", default="sparsegpt,gptq,gptq_act",
                    help="compressors that --calib-layers applies to (comma list)")
+    p.add_argument("--compress-budget", type=float, default=0.0,
+                   help="seconds for the calibrated compressors together: one that would not fit in its share "
+                        "(from a 1-block probe) is timed on fewer blocks (0: no limit)")
+    p.add_argument("--profile-blocks", type=int, default=0,
+                   help="compress section: also profile gptq over this many blocks (0: no profile)")
     p.add_argument("--eval-compressor", default="quant", help="compressor of the eval section's job")
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--keep-on", default=None,
@@ -480,7 +594,7 @@ def main(argv=None) -> int:
     sections = set(args.sections.split(","))
     calib_shape = tuple(int(x) for x in (args.calib or ("8x64" if small else "128x2048")).split("x"))
     kernels = args.metrics_kernels.split(",")
-    names = (args.compressors or ("quant,magnitude,wanda" if small else "quant,magnitude,wanda,sparsegpt,gptq")).split(",")
+    names = (args.compressors or "quant,magnitude,wanda,sparsegpt,gptq,gptq_act").split(",")
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="lcc-bench-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if dev.type == "cuda":
@@ -501,6 +615,7 @@ def main(argv=None) -> int:
     print(f"[env] {json.dumps(env)}", flush=True)
     eval_rows: dict = {}
     comp_rows: list = []
+    comp_profile = None
 
     def dump():
         if args.json:
@@ -531,19 +646,32 @@ def main(argv=None) -> int:
             dump()
         if "compress" in sections and arch == comp_arch:
             section_compress(model, dev, names, comp_rows, arch, calib_shape,
-                             args.calib_layers, args.calib_layers_for.split(","))
+                             args.calib_layers, args.calib_layers_for.split(","), args.compress_budget, dump)
             dump()
+            if args.profile_blocks:
+                try:
+                    comp_profile = section_compress_profile(model, dev, calib_shape, args.profile_blocks,
+                                                            out_dir / f"profile_compress_{arch}.txt")
+                except Exception as e:  # noqa: BLE001 - the timings above still get written
+                    comp_profile = f"profile failed: {type(e).__name__}: {e}"
+                    print(f"[compress] {comp_profile}", flush=True)
         del model, docs
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     if dev.type == "cpu":
         env["mem_checks"] = {}
-    table = report(args, env, eval_rows, comp_rows)
     dump()
-    print("\n" + table, flush=True)
-    if args.write_docs:
-        write_docs(Path(args.write_docs), table)
+    if eval_rows or not comp_rows:
+        table = report(args, env, eval_rows, comp_rows)
+        print("\n" + table, flush=True)
+        if args.write_docs:
+            write_docs(Path(args.write_docs), table)
+    if comp_rows:
+        ctable = compress_report(env, comp_rows, comp_profile)
+        print("\n" + ctable, flush=True)
+        if args.write_docs:
+            write_docs(Path(args.write_docs), ctable, CBEGIN, CEND)
     return 0
 
 

@@ -11,18 +11,27 @@ The loop follows the reference implementations (locuslab/wanda ``lib/prune.py``,
    pre-hooks (``with_kwargs=True``) during the forward of the first sample, so models whose blocks get
    different masks (sliding-window layers of Qwen2/Mistral/Gemma) are handled; caches are dropped and
    ``use_cache`` is forced off. A private exception stops the forward early.
-2. for each block of the targeted layer range: hooks on its targeted Linear layers hand every input to the
-   statistics (``Stats.add_batch``), the block runs over all samples, the rule compresses each Linear from
-   its statistic (``rule(name, linear, stats.pop(name))``), then the block runs again so that the next
-   block sees the *compressed* outputs (``propagate=True``, as in the references). With ``propagate=False``
-   the next block gets the dense outputs of the statistics pass instead.
+2. for each block of the targeted layer range: hooks on its targeted Linear layers hand their inputs to the
+   statistics (``Stats.add_batch``), the block runs over all samples, in batches of samples (``batch_size``,
+   chosen from memory), then each Linear is compressed from its statistic, then the block runs again so
+   that the next block sees the *compressed* outputs (``propagate=True``, as in the references). With
+   ``propagate=False`` the next block gets the dense outputs of the statistics pass instead.
+3. Linears that receive the *same input tensor* (q/k/v, gate/up in Llama) are found during the first batch of
+   the statistics pass (same storage, shape and strides, not by module names) and form one *group*: one
+   statistic is accumulated for the group (``share_inputs=True``) and handed to the group rule
+   ``group_rule(names, linears, stat)`` (default: ``rule(name, linear, stat)`` for each member, the
+   statistic read-only), which lets GPTQ/SparseGPT walk the members' stacked rows once.
 
 Blocks before the targeted range are only run forward. Calibration activations live on the model's
-device unless they are large (more than ``OFFLOAD_BYTES``), then on CPU and moved one sample at a time.
+device unless they are large (more than ``OFFLOAD_BYTES``), then on CPU and moved one batch at a time.
+
+Switches for comparisons (numbers equal to float rounding either way): ``LCC_CALIB_BATCH`` (samples per block
+forward; 0 or unset: chosen from memory), ``LCC_SHARE_INPUTS=0`` (one statistic per Linear, as before).
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -36,6 +45,13 @@ log = logging.getLogger(__name__)
 #: Above this many bytes of calibration activations (one copy), they are kept on CPU.
 OFFLOAD_BYTES = 2 << 30
 
+#: Memory budget of one batch of block activations: this fraction of the free device memory (CUDA) ...
+BATCH_MEM_FRACTION = 0.25
+#: ... or this many bytes on a CPU (larger batches gain little there)
+BATCH_CPU_BYTES = 1 << 30
+#: At most this many samples per block forward
+MAX_BATCH = 64
+
 #: Keyword arguments of a decoder block that must not be replayed (KV caches).
 _CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past", "cache")
 
@@ -48,7 +64,8 @@ class Stats:
     """Statistics of the inputs of every targeted Linear, accumulated over the calibration samples.
 
     ``add_batch(name, inp)`` receives the input of the Linear ``name`` (qualified, ``layers.3.mlp.down_proj``)
-    for one calibration sample, shape [..., in_features]; ``pop(name)`` returns its statistic and frees it."""
+    for one batch of calibration samples, shape [batch, seqlen, in_features]; ``pop(name)`` returns its
+    statistic and frees it. With shared inputs, ``name`` is the first Linear of its group."""
 
     def add_batch(self, name: str, inp: torch.Tensor) -> None:
         raise NotImplementedError
@@ -75,23 +92,51 @@ class NormStats(Stats):
 
 
 class HessianStats(Stats):
-    """H = 2/n · Σ x xᵀ over the n calibration tokens, accumulated in fp32 (GPTQ/SparseGPT)."""
+    """H = 2/n · Σ x xᵀ over the n calibration tokens, accumulated in fp32 (GPTQ/SparseGPT); bf16/fp16 inputs
+    on CUDA multiply in their own precision with fp32 accumulation and output (:func:`xtx_add`)."""
 
     def __init__(self):
         self.H: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
 
     def add_batch(self, name, inp):
-        x = inp.reshape(-1, inp.shape[-1]).float()
+        x = inp.reshape(-1, inp.shape[-1])
         if name not in self.H:
             self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
             self.count[name] = 0
-        self.H[name].addmm_(x.t(), x)
+        self.H[name] = xtx_add(self.H[name], x)
         self.count[name] += x.shape[0]
 
     def pop(self, name: str) -> torch.Tensor:
         n = max(self.count.pop(name), 1)
         return self.H.pop(name).mul_(2.0 / n)
+
+
+def low_precision_gemm(x: torch.Tensor) -> bool:
+    """True where Σ xxᵀ of ``x`` runs as a bf16/fp16 GEMM accumulating and writing fp32 (CUDA, a torch with
+    ``addmm(..., out_dtype=)``): products of bf16/fp16 values are exact in fp32, so it equals the fp32 upcast
+    up to summation order, without the fp32 copy of x and at the bf16 tensor-core rate.
+    ``LCC_HESSIAN_FP32=1`` forces the upcast."""
+    return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and hasattr(torch.ops.aten.addmm, "dtype")
+            and _OUT_DTYPE_WORKS.get(x.dtype) is not False and os.environ.get("LCC_HESSIAN_FP32", "0") != "1")
+
+
+#: dtype -> whether ``addmm(..., out_dtype=float32)`` ran (False after a failure: the fp32 path from then on)
+_OUT_DTYPE_WORKS: dict[torch.dtype, bool] = {}
+
+
+def xtx_add(H: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """H + xᵀx for x [n, d] (H fp32 [d, d]); in place on the fp32 path."""
+    if low_precision_gemm(x):
+        try:
+            out = torch.addmm(H, x.t(), x, out_dtype=torch.float32)
+            _OUT_DTYPE_WORKS[x.dtype] = True
+            return out
+        except (RuntimeError, TypeError) as e:  # e.g. a build without this kernel: the fp32 upcast
+            _OUT_DTYPE_WORKS[x.dtype] = False
+            log.warning("%s GEMM with fp32 output failed (%s); Hessians use the fp32 upcast", x.dtype, e)
+    x = x.float()
+    return H.addmm_(x.t(), x)
 
 
 #: ``rule(name, linear, statistic) -> facts``: compress one Linear in place from its input statistic
@@ -174,23 +219,130 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, stop_at: int | None = 
 
 
 def _run_block(layer: nn.Module, inps: list[torch.Tensor], args: tuple, kwargs: dict, dev: torch.device,
-               keep: bool) -> list[torch.Tensor] | None:
+               keep: bool, batch: int = 1) -> list[torch.Tensor] | None:
+    """Run ``layer`` over every sample, ``batch`` samples per forward; the outputs (one [1, seqlen, hidden]
+    tensor per sample, where its input was stored) if ``keep``."""
     outs = [] if keep else None
-    for x in inps:
-        store = x.device
-        out = layer(x.to(dev), *args, **kwargs)
+    for s in range(0, len(inps), batch):
+        part = inps[s:s + batch]
+        store = part[0].device
+        x = part[0].to(dev) if len(part) == 1 else torch.cat([p.to(dev) for p in part])
+        out = layer(x, *args, **kwargs)
         if isinstance(out, (tuple, list)):
             out = out[0]
         if keep:
-            outs.append(out.detach().to(store))
+            outs.extend(o.detach().to(store) for o in out.split(1))
     return outs
+
+
+def sample_bytes(model: nn.Module, seqlen: int, dtype: torch.dtype) -> int:
+    """Rough bytes of the activations of one sample through one block: the MLP's gate/up/product and their
+    fp32 copies for the statistics, the attention's q/k/v/o, and an eager attention's score matrix."""
+    cfg = getattr(model, "config", None)
+    hidden = getattr(cfg, "hidden_size", 0) or 0
+    inter = getattr(cfg, "intermediate_size", 0) or 4 * hidden
+    heads = getattr(cfg, "num_attention_heads", 0) or 1
+    el = torch.tensor([], dtype=dtype).element_size()
+    per_token = el * (6 * hidden + 3 * inter) + 4 * (hidden + inter)
+    scores = 0 if getattr(cfg, "_attn_implementation", "eager") in ("sdpa", "flash_attention_2") \
+        else 2 * heads * seqlen * 4
+    return seqlen * (per_token + scores)
+
+
+def choose_batch(model: nn.Module, n: int, seqlen: int, dev: torch.device, override: int | None = None) -> int:
+    """Samples per block forward: ``override`` (or ``LCC_CALIB_BATCH``) if given, else as many as fit in
+    ``BATCH_MEM_FRACTION`` of the free GPU memory (``BATCH_CPU_BYTES`` on a CPU), at most ``MAX_BATCH``."""
+    if override is None:
+        override = int(os.environ.get("LCC_CALIB_BATCH", "0") or 0)
+    if override > 0:
+        return max(1, min(override, n))
+    dtype = next(model.parameters()).dtype
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        budget = int(free * BATCH_MEM_FRACTION)
+    else:
+        budget = BATCH_CPU_BYTES
+    return max(1, min(n, MAX_BATCH, budget // max(sample_bytes(model, seqlen, dtype), 1)))
+
+
+def batch_broadcasts(layer: nn.Module, inps: list[torch.Tensor], args: tuple, kwargs: dict,
+                     dev: torch.device) -> bool:
+    """True if the block's captured arguments (recorded for one sample: position embeddings, mask, cache
+    position...) serve a batch of samples: two samples run together equal them run one at a time."""
+    if len(inps) < 2:
+        return True
+    try:
+        both = _run_block(layer, inps[:2], args, kwargs, dev, keep=True, batch=2)
+    except (RuntimeError, ValueError, IndexError) as e:
+        log.info("calibration runs one sample at a time: a batch of 2 failed (%s)", e)
+        return False
+    one = _run_block(layer, inps[:2], args, kwargs, dev, keep=True, batch=1)
+    tol = 1e-2 if one[0].dtype in (torch.bfloat16, torch.float16) else 1e-4
+    for a, b in zip(both, one):
+        a, b = a.float(), b.float()
+        if a.shape != b.shape or (a - b).norm() > tol * b.norm().clamp_min(1e-12):
+            log.info("calibration runs one sample at a time: a batch of 2 differs from single samples")
+            return False
+    return True
+
+
+#: ``group_rule(names, linears, statistic) -> {name: facts}``: compress the Linears that share one input
+GroupRule = Callable[[list, list, Any], "dict[str, dict[str, Any]]"]
+
+
+class _Grouper:
+    """Forward hooks on a block's targeted Linears that hand their inputs to ``stats``, and find the Linears
+    receiving the same input tensor during the first batch (same storage, shape, strides and dtype: the tensors
+    seen are held until the batch ends, so no other tensor can reuse their memory meanwhile). Afterwards
+    only the first Linear of each group (its *leader*) feeds the statistics."""
+
+    def __init__(self, lins: dict[str, nn.Linear], prefix: str, stats: Stats, share: bool):
+        self.stats, self.share, self.prefix = stats, share, prefix
+        self.leader: dict[str, str] = {}
+        self.seen: dict[tuple, tuple[str, torch.Tensor]] | None = {}
+        self.handles = [lin.register_forward_hook(self._hook(f"{prefix}{n}")) for n, lin in lins.items()]
+
+    def _hook(self, qname):
+        def hook(mod, inp, out):
+            x = inp[0]
+            if self.seen is not None:  # first batch: find the groups
+                key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device) if self.share else qname
+                lead = self.seen.setdefault(key, (qname, x))[0]
+                self.leader.setdefault(qname, lead)
+            if self.leader.get(qname) == qname:
+                self.stats.add_batch(qname, x.detach())
+        return hook
+
+    def first_batch_done(self) -> None:
+        self.seen = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.seen = None
+
+    def groups(self, names: list[str]) -> list[list[str]]:
+        """Groups of the (block-relative) ``names``, in module order of their leaders."""
+        out: dict[str, list[str]] = {}
+        for n in names:
+            q = self.prefix + n
+            out.setdefault(self.leader.get(q, q), []).append(n)
+        return list(out.values())
+
+
+def _share_default() -> bool:
+    return os.environ.get("LCC_SHARE_INPUTS", "1") != "0"
 
 
 @torch.no_grad()
 def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stats: Stats, rule: Rule,
-                   propagate: bool = True, desc: str = "calibrating") -> dict[str, dict[str, Any]]:
-    """Feed ``stats`` the inputs of the targeted Linear layers block by block and compress each with
-    ``rule(name, linear, stats.pop(name))``. Returns ``{qualified name: facts}``."""
+                   propagate: bool = True, desc: str = "calibrating", group_rule: GroupRule | None = None,
+                   share_inputs: bool | None = None, batch_size: int | None = None) -> dict[str, dict[str, Any]]:
+    """Feed ``stats`` the inputs of the targeted Linear layers block by block and compress them: each group of
+    Linears sharing one input with ``group_rule(names, linears, stats.pop(leader))`` if given, else each
+    member with ``rule(name, linear, stat)``. ``share_inputs`` (default on; ``LCC_SHARE_INPUTS=0`` turns it
+    off) groups Linears with one input; off, every Linear has its own statistic. ``batch_size``: samples per
+    block forward (default: :func:`choose_batch`). Returns ``{qualified name: facts}``."""
     from tqdm.auto import tqdm
 
     if calib is None:
@@ -198,6 +350,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stat
     if targets.lm_head:
         raise ConfigError("targets.lm_head=true is not supported by calibrated compressors "
                           "(the engine walks the decoder blocks); valid: lm_head=false")
+    share = _share_default() if share_inputs is None else bool(share_inputs)
     layers = decoder_layers(model)
     rng = targets.layer_range(len(layers))
     if len(rng) == 0:
@@ -205,6 +358,7 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stat
     was_training = model.training
     model.eval()
     inps, layer_args = capture_inputs(model, calib, stop_at=rng.stop)
+    batch = choose_batch(model, len(inps), inps[0].shape[1], _device_of(layers[0]), batch_size)
     facts: dict[str, dict[str, Any]] = {}
     moved: dict[tuple[int, str], tuple[tuple, dict]] = {}
     try:
@@ -215,28 +369,34 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stat
             if key not in moved:
                 moved[key] = _to(layer_args[i], dev)
             args, kw = moved[key]
+            if batch > 1 and i == 0 and not batch_broadcasts(layer, inps, args, kw, dev):
+                batch = 1
             last = i == rng.stop - 1
             if i < rng.start:
-                inps = _run_block(layer, inps, args, kw, dev, keep=True)
+                inps = _run_block(layer, inps, args, kw, dev, keep=True, batch=batch)
                 continue
             lins = targets.linears(layer)
-            handles = []
-            for name, lin in lins.items():
-                qname = f"layers.{i}.{name}"
-
-                def hook(mod, inp, out, qname=qname):
-                    stats.add_batch(qname, inp[0].detach())
-                handles.append(lin.register_forward_hook(hook))
+            hooks = _Grouper(lins, f"layers.{i}.", stats, share)
+            keep = not (propagate and lins) and not last
             try:
-                outs = _run_block(layer, inps, args, kw, dev, keep=not (propagate and lins) and not last)
+                outs = _run_block(layer, inps[:batch], args, kw, dev, keep=keep, batch=batch)
+                hooks.first_batch_done()
+                rest = _run_block(layer, inps[batch:], args, kw, dev, keep=keep, batch=batch)
+                if keep:
+                    outs += rest
             finally:
-                for h in handles:
-                    h.remove()
-            for name, lin in lins.items():
-                qname = f"layers.{i}.{name}"
-                facts[qname] = rule(qname, lin, stats.pop(qname)) or {}
+                hooks.remove()
+            for names in hooks.groups(list(lins)):
+                qn = [f"layers.{i}.{n}" for n in names]
+                stat = stats.pop(qn[0])
+                if group_rule is not None:
+                    got = group_rule(qn, [lins[n] for n in names], stat)
+                    facts.update({q: got.get(q) or {} for q in qn})
+                else:
+                    for q, n in zip(qn, names):
+                        facts[q] = rule(q, lins[n], stat) or {}
             if propagate and lins and not last:
-                outs = _run_block(layer, inps, args, kw, dev, keep=True)
+                outs = _run_block(layer, inps, args, kw, dev, keep=True, batch=batch)
             inps = outs
     finally:
         model.train(was_training)
@@ -261,6 +421,12 @@ class Calibrated(Compressor):
         """Compress ``linear`` in place from its input statistic; return facts of this layer."""
         raise NotImplementedError
 
+    def compress_group(self, names: list[str], linears: list[nn.Linear], stat: torch.Tensor
+                       ) -> dict[str, dict[str, Any]]:
+        """Compress Linears that receive the same input from their one statistic (read-only); facts per
+        Linear. Default: ``compress_layer`` on each; GPTQ and SparseGPT walk the stacked rows once."""
+        return {n: self.compress_layer(n, lin, stat) or {} for n, lin in zip(names, linears)}
+
     def check_linears(self, lins: dict[str, nn.Linear]) -> None:
         """Raise ConfigError if a targeted Linear cannot be compressed (checked before the engine runs)."""
 
@@ -275,7 +441,7 @@ class Calibrated(Compressor):
         self.clear_grids()
         if self.needs_calibration():
             layer_facts = run_sequential(model, calib, self.targets, self.stats(), self.compress_layer,
-                                         propagate=self.propagate, desc=self.name)
+                                         propagate=self.propagate, desc=self.name, group_rule=self.compress_group)
         else:
             layer_facts = {n: self.compress_layer(n, lin, None) or {} for n, lin in lins.items()}
         return self.facts(lins, layer_facts)

@@ -4,12 +4,19 @@ Both reference implementations (IST-DASLab ``sparsegpt.fasterprune``, ``gptq.fas
 of W with the upper Cholesky factor U of H⁻¹: each column is replaced by its compressed value q, and the
 error (w - q) / U_ii is spread over the columns not yet visited; lazily, in blocks of ``blocksize`` columns
 (within a block column by column, the rest of the matrix once per block). They differ only in how a column
-is compressed (zeroed by a mask, or quantized on a grid), which :func:`obs_walk` takes as callbacks.
+is compressed (zeroed by a mask, or quantized on a grid), which :func:`obs_walk` takes as a
+:class:`ColumnRule`.
+
+The walk acts within rows given one Hessian, so Linears that share an input (q/k/v, gate/up) are walked once
+on their stacked rows (``lcc.compressors.engine``'s groups) with the same result row for row. Nothing inside
+the walk reads back to the host; on CUDA the column loop of a block is captured once as a CUDA graph and
+replayed for every block (the per-column kernel launches dominated otherwise); ``LCC_OBS_GRAPH=0`` turns
+that off.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import os
 
 import torch
 
@@ -51,36 +58,107 @@ def inverse_hessian_upper(H: torch.Tensor, percdamp: float, name: str = "", max_
     raise RuntimeError(f"Cholesky of the Hessian of {name or 'a layer'} failed even with percdamp={damp:g}")
 
 
-#: ``column(W1, i, col) -> q``: the compressed value of column ``i`` of the block ``W1`` (a working copy with
-#: the errors of the earlier columns already spread), ``col`` its index in W
-Column = Callable[[torch.Tensor, int, int], torch.Tensor]
-#: ``block(W1, Hinv1)``: called when a block starts (e.g. to choose the block's pruning mask)
-Block = Callable[[torch.Tensor, torch.Tensor], None]
+class ColumnRule:
+    """How the walk compresses the columns of one block of ``W`` (SparseGPT: by a mask, GPTQ: on a grid).
+
+    ``start(i1, i2)`` runs on the host before each block (columns i1..i2-1 of W): it may only *copy* the
+    block's slice of per-column data into tensors it owns (the same tensors every block). ``block(W1, Hinv1)``
+    and ``column(W1, i) -> q`` run on the device, ``i`` the column's index within the block; they must not
+    read anything back to the host (no ``.item()``, ``int(tensor)``, boolean indexing), so that on CUDA a
+    block can be captured once as a graph and replayed."""
+
+    def start(self, i1: int, i2: int) -> None:
+        pass
+
+    def block(self, W1: torch.Tensor, Hinv1: torch.Tensor) -> None:
+        pass
+
+    def column(self, W1: torch.Tensor, i: int) -> torch.Tensor:
+        raise NotImplementedError
 
 
-def obs_walk(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int, column: Column, block: Block | None = None
-             ) -> torch.Tensor:
-    """Replace the columns of ``W`` (fp32, [rows, cols], changed in place) one by one by ``column(...)`` and
+def _walk_block(W1: torch.Tensor, Hinv1: torch.Tensor, rule: ColumnRule
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The within-block walk: columns one by one, each error spread over the block's later columns.
+    ``W1`` is changed in place; returns (Q1 compressed columns, Err1 scaled errors, loss per row)."""
+    rule.block(W1, Hinv1)
+    Q1 = torch.zeros_like(W1)
+    Err1 = torch.zeros_like(W1)
+    loss = torch.zeros(W1.shape[0], dtype=W1.dtype, device=W1.device)
+    for i in range(W1.shape[1]):
+        w = W1[:, i]
+        q = rule.column(W1, i)
+        Q1[:, i] = q
+        err = (w - q) / Hinv1[i, i]
+        loss += err ** 2 / 2
+        W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+        Err1[:, i] = err
+    return Q1, Err1, loss
+
+
+def graphs_enabled(W: torch.Tensor) -> bool:
+    """CUDA graphs for the within-block walk: on CUDA unless ``LCC_OBS_GRAPH=0``."""
+    return W.is_cuda and os.environ.get("LCC_OBS_GRAPH", "1") != "0"
+
+
+class _GraphedBlock:
+    """The within-block walk of one (rows, width) captured once as a CUDA graph and replayed per block: the
+    walk is ~10 small kernels per column, so on a GPU its cost is the launches, which a replay removes.
+    The first block runs eagerly on a side stream (the warm-up capture needs), then the graph is recorded;
+    every later block copies its inputs into the graph's input tensors and replays."""
+
+    def __init__(self, W1: torch.Tensor, Hinv1: torch.Tensor, rule: ColumnRule):
+        self.W1 = W1.clone()
+        self.Hinv1 = Hinv1.clone()
+        side = torch.cuda.Stream(device=W1.device)
+        side.wait_stream(torch.cuda.current_stream(W1.device))
+        with torch.cuda.stream(side):
+            self.first = _walk_block(self.W1, self.Hinv1, rule)  # block 1's result, and the warm-up
+            self.first = tuple(t.clone() for t in self.first)
+        main = torch.cuda.current_stream(W1.device)
+        main.wait_stream(side)
+        for t in self.first:  # made on the side stream, used on the main one
+            t.record_stream(main)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = _walk_block(self.W1, self.Hinv1, rule)
+
+    def __call__(self, W1: torch.Tensor, Hinv1: torch.Tensor):
+        self.W1.copy_(W1)
+        self.Hinv1.copy_(Hinv1)
+        self.graph.replay()
+        return self.out
+
+
+def obs_walk(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int, rule: ColumnRule) -> torch.Tensor:
+    """Replace the columns of ``W`` (fp32, [rows, cols], changed in place) one by one by ``rule.column`` and
     spread each column's error over the later columns with ``Hinv`` (upper Cholesky factor of H⁻¹), in
-    blocks of ``blocksize`` columns. Returns the OBS loss Σ (w - q)² / (2 [H⁻¹]_ii²) as a 0-d tensor."""
+    blocks of ``blocksize`` columns. Returns the OBS loss Σ (w - q)² / (2 [H⁻¹]_ii²) of every row ([rows]);
+    nothing is read back to the host. On CUDA the within-block walk is a replayed CUDA graph (one per block
+    width; ``LCC_OBS_GRAPH=0`` runs it eagerly, the same kernels)."""
     cols = W.shape[1]
-    loss = torch.zeros((), dtype=torch.float32, device=W.device)
+    loss = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
+    graphs: dict[int, _GraphedBlock | None] = {}
+    use_graphs = graphs_enabled(W)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
+        rule.start(i1, i2)
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        if block is not None:
-            block(W1, Hinv1)
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            q = column(W1, i, i1 + i)
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]
-            loss += (err ** 2).sum() / 2
-            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
+        width = i2 - i1
+        if not use_graphs or (width in graphs and graphs[width] is None):
+            Q1, Err1, l1 = _walk_block(W1, Hinv1, rule)
+        elif width not in graphs:
+            try:
+                graphs[width] = g = _GraphedBlock(W1, Hinv1, rule)
+                Q1, Err1, l1 = g.first
+            except RuntimeError as e:  # capture not possible here: the eager walk, the same kernels
+                log.warning("CUDA graph capture of the OBS walk failed (%s); walking eagerly", e)
+                graphs[width] = None
+                Q1, Err1, l1 = _walk_block(W1, Hinv1, rule)
+        else:
+            Q1, Err1, l1 = graphs[width](W1, Hinv1)
+        loss += l1
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     return loss

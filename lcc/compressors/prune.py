@@ -14,7 +14,7 @@ import torch
 from lcc import ConfigError
 from lcc.compressors.base import UNSET, Compressor, Storage, fraction, ints, param, target_linears
 from lcc.compressors.engine import Calibrated, HessianStats, NormStats
-from lcc.compressors.obs import inverse_hessian_upper, obs_walk, prepare_hessian
+from lcc.compressors.obs import ColumnRule, inverse_hessian_upper, obs_walk, prepare_hessian
 
 
 # ---- N:M helpers ---------------------------------------------------------------------------------
@@ -186,41 +186,56 @@ class Wanda(NMPruner, Calibrated):
 
 
 # ---- SparseGPT -----------------------------------------------------------------------------------
+class _MaskColumns(ColumnRule):
+    """SparseGPT's column rule: the column with its pruned weights zeroed. Unstructured: the mask of a whole
+    block is chosen when the block starts, over each part's rows separately (``row_splits``: stacked Linears,
+    each gets the reference's per-matrix block threshold); N:M: the ``m - n_keep`` lowest of every ``m``
+    columns of each row when the walk reaches them."""
+
+    def __init__(self, sparsity: float, n_keep: int, m: int, row_splits: list[int]):
+        self.sparsity, self.m, self.prune_k = sparsity, m, (m - n_keep if m else 0)
+        self.row_splits = row_splits
+
+    def block(self, W1, Hinv1):
+        n = W1.shape[1]
+        self.dg = torch.diag(Hinv1)
+        self.mask1 = mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if not self.m:
+            # adaptive mask of the block; exactly int(numel·sparsity) entries per part (the reference's
+            # `tmp <= sorted[k]` takes one more, plus ties)
+            tmp = W1 ** 2 / self.dg.reshape(1, -1) ** 2
+            r0 = 0
+            for r in self.row_splits:
+                k = int(r * n * self.sparsity)
+                if k:
+                    part = mask1[r0:r0 + r].reshape(-1)  # a view: rows are contiguous in the mask
+                    part.scatter_(0, torch.topk(tmp[r0:r0 + r].reshape(-1), k, largest=False).indices, True)
+                r0 += r
+
+    def column(self, W1, i):
+        m = self.m
+        if m and i % m == 0:
+            tmp = W1[:, i:i + m] ** 2 / self.dg[i:i + m].reshape(1, -1) ** 2
+            self.mask1.scatter_(1, i + torch.topk(tmp, self.prune_k, dim=1, largest=False).indices, True)
+        return W1[:, i].masked_fill(self.mask1[:, i], 0)
+
+
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, n_keep: int = 0, m: int = 0,
-                    blocksize: int = 128, percdamp: float = 0.01, name: str = "") -> tuple[torch.Tensor, int]:
+                    blocksize: int = 128, percdamp: float = 0.01, name: str = "",
+                    row_splits: list[int] | None = None) -> tuple[torch.Tensor, int]:
     """SparseGPT (Frantar & Alistarh 2023) on fp32 copies: OBS reconstruction column by column with the
     upper Cholesky factor of H⁻¹; in blocks of ``blocksize`` columns, the unstructured mask of a block is
     chosen adaptively from w²/[H⁻¹]_jj² over the whole block (as the reference); N:M picks the
-    ``m - n_keep`` lowest of every ``m`` columns when the walk reaches them. Returns (Ŵ, Cholesky retries)."""
+    ``m - n_keep`` lowest of every ``m`` columns when the walk reaches them. ``row_splits``: ``W`` is several
+    Linears stacked row-wise (same input and H), this many rows each; each part's block mask is chosen over
+    its own rows, so the result equals separate walks. Returns (Ŵ, Cholesky retries)."""
     W = W.clone().float()
     H = H.clone().float()
     prepare_hessian(W, H)
     Hinv, retries, _ = inverse_hessian_upper(H, percdamp, name)
-    prune_k = m - n_keep if m else 0
     bs = max(m, (blocksize // m) * m) if m else blocksize
-    state: dict[str, torch.Tensor] = {}
-
-    def block(W1: torch.Tensor, Hinv1: torch.Tensor) -> None:
-        state["dg"] = dg = torch.diag(Hinv1)
-        state["mask"] = mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        if not m:
-            # adaptive mask of the block; exactly int(numel·sparsity) entries (the reference's
-            # `tmp <= sorted[k]` takes one more, plus ties)
-            tmp = W1 ** 2 / dg.reshape(1, -1) ** 2
-            k = int(tmp.numel() * sparsity)
-            if k:
-                mask1.view(-1)[torch.topk(tmp.flatten(), k, largest=False).indices] = True
-
-    def column(W1: torch.Tensor, i: int, col: int) -> torch.Tensor:
-        mask1 = state["mask"]
-        if m and i % m == 0:
-            tmp = W1[:, i:i + m] ** 2 / state["dg"][i:i + m].reshape(1, -1) ** 2
-            mask1.scatter_(1, i + torch.topk(tmp, prune_k, dim=1, largest=False).indices, True)
-        q = W1[:, i].clone()
-        q[mask1[:, i]] = 0
-        return q
-
-    obs_walk(W, Hinv, bs, column, block)
+    rule = _MaskColumns(sparsity, n_keep, m, row_splits or [W.shape[0]])
+    obs_walk(W, Hinv, bs, rule)
     return W, retries
 
 
@@ -243,6 +258,19 @@ class SparseGPT(NMPruner, Calibrated):
                                  self.percdamp, name)
         w.copy_(new.to(w.dtype))
         return {"cholesky_retries": r}
+
+    def compress_group(self, names, linears, H):
+        """One walk over the members' stacked rows (same input, same H), each member's block mask chosen over
+        its own rows, split back. The Cholesky retries of the shared H are counted for every member."""
+        if len(linears) == 1:
+            return {names[0]: self.compress_layer(names[0], linears[0], H)}
+        ws = [lin.weight.data for lin in linears]
+        splits = [w.shape[0] for w in ws]
+        new, r = sparsegpt_prune(torch.cat([w.to(H.device) for w in ws]), H, self.sparsity, self.nm_n, self.nm_m,
+                                 self.blocksize, self.percdamp, "+".join(names), row_splits=splits)
+        for w, q in zip(ws, new.split(splits)):
+            w.copy_(q.to(w.dtype))
+        return {n: {"cholesky_retries": r} for n in names}
 
     def facts(self, lins, layer_facts):
         return {**_sparsity_facts(lins), "cholesky_retries": sum(f["cholesky_retries"] for f in layer_facts.values())}
