@@ -101,7 +101,8 @@ def ranking(tasks: pd.DataFrame, kl: pd.DataFrame) -> list[str]:
             cells = []
             for c in ctxs:
                 x = g[g.ctx == c][[ACC_C.name, col]].dropna()
-                rho = x[ACC_C.name].corr(-x[col], method="spearman") if len(x) >= 3 else float("nan")
+                # Spearman = Pearson on average ranks (pandas' method="spearman" needs scipy)
+                rho = x[ACC_C.name].rank().corr((-x[col]).rank()) if len(x) >= 3 else float("nan")
                 cells.append("–" if pd.isna(rho) else f"{rho:.2f}")
             lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
     return lines
