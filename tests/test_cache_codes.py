@@ -241,3 +241,34 @@ def test_smollm2_w4g128_entry_is_at_most_5_bits_per_weight(tmp_path):
                                                                  "coded": n, "full_copies": 0}
         n_weights = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)  # 30 blocks: q, o, k, v, gate, up, down
         assert lo < 8 * meta["bytes"] / n_weights <= hi, 8 * meta["bytes"] / n_weights
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_grid_recorded_when_each_block_is_traced_twice(monkeypatch, act_order):
+    """On CUDA the OBS walk runs a block's Python once for the warm-up and once for the graph capture, then only
+    replays: a grid recorded by a Python side effect in ``column`` would be doubled or stale. The rule writes
+    each group's grid into its own tensors and copies them out in ``finish``: tracing every block twice (as the
+    graph path does for the first block) records exactly the grid of a plain walk."""
+    import lcc.compressors.obs as obs
+    from lcc.compressors.gptq import gptq_quantize
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 96, generator=g)
+    H = 2 * X.t() @ X / 512
+    W = torch.randn(40, 96, generator=g)
+    kw = dict(bits=4, group_size=16, act_order=act_order, blocksize=32)
+    Q, info = gptq_quantize(W, H, **kw)
+    orig = obs._walk_block
+
+    def twice(W1, Hinv1, rule):
+        orig(W1.clone(), Hinv1, rule)  # the warm-up / capture trace
+        return orig(W1, Hinv1, rule)
+
+    monkeypatch.setattr(obs, "_walk_block", twice)
+    Q2, info2 = gptq_quantize(W, H, **kw)
+    a, b = info["grid"], info2["grid"]
+    assert a.scale.shape == (40, 6) and b.scale.shape == a.scale.shape
+    assert torch.equal(a.scale, b.scale) and torch.equal(a.zero, b.zero) and torch.equal(Q, Q2)
+    cols = a.column_groups(96)
+    codes = torch.round(Q / a.scale[:, cols]) + a.zero[:, cols]
+    assert torch.equal((codes - a.zero[:, cols]) * a.scale[:, cols], Q)

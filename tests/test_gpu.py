@@ -323,3 +323,20 @@ def test_chunked_metrics_with_cpu_hidden_and_cuda_heads(fused, monkeypatch):
     for k in ("kl", "nll_p", "nll_q"):
         torch.testing.assert_close(got[k].cpu(), ref[k], rtol=1e-4, atol=1e-4)
     assert torch.equal(got["agree"].cpu().float(), ref["agree"].float())
+
+
+@cuda
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_grid_under_cuda_graphs(monkeypatch, act_order):
+    """The grid GPTQ records for the cache codec (issue 12) is the same with the CUDA-graph walk as eagerly."""
+    from lcc.compressors.gptq import gptq_quantize
+
+    H, ws = _obs_problem("cuda")
+    out = []
+    for graph in ("1", "0"):
+        monkeypatch.setenv("LCC_OBS_GRAPH", graph)
+        out.append(gptq_quantize(ws[0], H, 4, group_size=32, act_order=act_order, blocksize=64))
+    (q1, i1), (q0, i0) = out
+    assert torch.equal(q1, q0)
+    assert torch.equal(i1["grid"].scale, i0["grid"].scale) and torch.equal(i1["grid"].zero, i0["grid"].zero)
+    assert i1["grid"].scale.shape == (ws[0].shape[0], ws[0].shape[1] // 32)

@@ -38,12 +38,15 @@ class _GridColumns(ColumnRule):
     gathered once per block; masked weights (``zero_mask``) become zero."""
 
     def __init__(self, rows: int, bs: int, bits: int, sym: bool, gs: int, grid=None, col_grid=None,
-                 zero_mask=None):
+                 zero_mask=None, device=None):
         self.bits, self.sym, self.gs, self.maxq = bits, sym, gs, 2 ** bits - 1
         self.grid = grid  # (scale, zero) [rows, 1]: one group per row, or the current dynamic group's
         self.col_grid = col_grid  # (scale [rows, n_groups], zero, group of every walked column [cols], device)
         self.zero_mask = zero_mask
         self.walked: list[tuple[torch.Tensor, torch.Tensor]] = []  # dynamic groups' grids, in walk order
+        if col_grid is None and gs > 0:  # the block's dynamic grids, written on the device (graph-safe)
+            self.gscale = torch.empty(rows, -(-bs // gs), dtype=torch.float32, device=device)
+            self.gzero = torch.empty_like(self.gscale)
         if col_grid is not None:
             self.bscale = torch.empty(rows, bs, dtype=col_grid[0].dtype, device=col_grid[0].device)
             self.bzero = torch.empty_like(self.bscale)
@@ -59,13 +62,20 @@ class _GridColumns(ColumnRule):
         if self.zero_mask is not None:
             self.bmask[:, :n].copy_(self.zero_mask[:, i1:i2])
 
+    def finish(self, i1, i2):
+        if self.col_grid is None and self.gs > 0:  # group k covers walked columns k*gs..(k+1)*gs-1
+            n = -(-(i2 - i1) // self.gs)
+            self.walked.append((self.gscale[:, :n].clone(), self.gzero[:, :n].clone()))
+
     def column(self, W1, i):
         if self.col_grid is not None:
             scale, zero = self.bscale[:, i:i + 1], self.bzero[:, i:i + 1]
         else:
             if self.gs > 0 and i % self.gs == 0:
                 self.grid = qparams(W1[:, i:i + self.gs], self.bits, self.sym)
-                self.walked.append(self.grid)  # group k covers walked columns k*gs..(k+1)*gs-1
+                k = i // self.gs
+                self.gscale[:, k:k + 1].copy_(self.grid[0])
+                self.gzero[:, k:k + 1].copy_(self.grid[1])
             scale, zero = self.grid
         q = _q(W1[:, i].unsqueeze(1), scale, zero, self.maxq).flatten()
         if self.zero_mask is not None:
@@ -118,7 +128,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     else:
         bs = blocksize
 
-    rule = _GridColumns(rows, min(bs, cols), bits, sym, gs, grid=grid, col_grid=col_grid, zero_mask=zero_mask)
+    rule = _GridColumns(rows, min(bs, cols), bits, sym, gs, grid=grid, col_grid=col_grid, zero_mask=zero_mask,
+                        device=W.device)
     loss_rows = obs_walk(W, Hinv, bs, rule)
     g_idx = None
     if perm is not None:

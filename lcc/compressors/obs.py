@@ -65,9 +65,15 @@ class ColumnRule:
     block's slice of per-column data into tensors it owns (the same tensors every block). ``block(W1, Hinv1)``
     and ``column(W1, i) -> q`` run on the device, ``i`` the column's index within the block; they must not
     read anything back to the host (no ``.item()``, ``int(tensor)``, boolean indexing), so that on CUDA a
-    block can be captured once as a graph and replayed."""
+    block can be captured once as a graph and replayed. For the same reason their Python side effects run only
+    when a block is traced (possibly twice for one block: warm-up and capture), never per replay: what a rule
+    records must be written into tensors it owns and read back in ``finish(i1, i2)``, which runs on the host
+    after every block, replayed or not."""
 
     def start(self, i1: int, i2: int) -> None:
+        pass
+
+    def finish(self, i1: int, i2: int) -> None:
         pass
 
     def block(self, W1: torch.Tensor, Hinv1: torch.Tensor) -> None:
@@ -158,6 +164,7 @@ def obs_walk(W: torch.Tensor, Hinv: torch.Tensor, blocksize: int, rule: ColumnRu
                 Q1, Err1, l1 = _walk_block(W1, Hinv1, rule)
         else:
             Q1, Err1, l1 = graphs[width](W1, Hinv1)
+        rule.finish(i1, i2)
         loss += l1
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
