@@ -351,21 +351,31 @@ def test_job_calibrated_compressor_is_cached_per_calibration(tmp_path):
     assert r4["cache"]["compressed"] == "miss" and r4["cache"]["compressed_key"] != r1["cache"]["compressed_key"]
 
 
-def test_auto_policy_caches_calibrated_compressors_only(tmp_path):
+def test_auto_policy(tmp_path):
+    """auto: calibrated compressors and masks everywhere; data-free quantizers only where a hit pays (a CPU)."""
+    from lcc.cache import settings
+    from lcc.compressors import build
     from lcc.job import run
 
     auto = "++cache.compressed=auto"  # the default of lcc/conf/sweep.yaml
-    r1 = run(compose_cfg(tmp_path, "q", auto))
-    assert r1["cache"]["dense"] == "miss" and r1["cache"]["compressed"] == "recomputed"
-    assert not (tmp_path / "cache" / "compressed").exists()  # nothing stored for a data-free compressor
+    caches = settings({"cache": {"compressed": "auto"}})
+    quant, gptq, mag = build({"name": "quant"}), build({"name": "gptq"}), build({"name": "magnitude"})
+    assert [caches.cache_compressed(c, "cuda") for c in (quant, gptq, mag)] == [False, True, True]
+    assert [caches.cache_compressed(c, "cpu") for c in (quant, gptq, mag)] == [True, True, True]
+    assert not caches.cache_compressed(build({"name": "kv"}), "cpu")
+    r0 = run(compose_cfg(tmp_path, "q", auto, "device=cpu"))
+    assert r0["cache"]["dense"] == "miss" and r0["cache"]["compressed"] == "miss"  # a CPU job: integer codes
+    r1 = run(compose_cfg(tmp_path, "q2", auto, "device=cpu", "ctx.tokens=512"))
+    assert r1["cache"]["compressed"] == "hit" and r1["cache"]["compressed_key"] == r0["cache"]["compressed_key"]
     r2 = run(compose_cfg(tmp_path, "k", auto, "compressor=kv"))
     assert r2["cache"]["compressed"] == "uncacheable"
     r3 = run(compose_cfg(tmp_path, "g", auto, "compressor=gptq", "calib.n_samples=2", "calib.seqlen=64"))
-    entries = [d for d in (tmp_path / "cache" / "compressed").iterdir() if d.is_dir()]
-    assert r3["cache"]["compressed"] == "miss" and [d.name for d in entries] == [r3["cache"]["compressed_key"]]
-    r4 = run(compose_cfg(tmp_path, "off", "++cache.compressed=false"))
+    entries = {d.name for d in (tmp_path / "cache" / "compressed").iterdir() if d.is_dir()}
+    assert r3["cache"]["compressed"] == "miss" and entries == {r0["cache"]["compressed_key"],
+                                                              r3["cache"]["compressed_key"]}
+    r4 = run(compose_cfg(tmp_path, "off", "++cache.compressed=false", "device=cpu"))
     assert r4["cache"] == {"dense": "hit", "compressed": "off", "dir": str(tmp_path / "cache"),
-                           "dense_key": r1["cache"]["dense_key"]}
+                           "dense_key": r0["cache"]["dense_key"]}
 
 
 @pytest.mark.parametrize("bad", ["sometimes", "1", "0.5"])
