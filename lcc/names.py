@@ -35,14 +35,18 @@ def wandb_summary(result: dict) -> list[str]:
     return registry.wandb_keys(registry.kind_of(result))
 
 
+def _tables(kind: str) -> list[Shown]:
+    return [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug)
+            for m in registry.table_metrics(kind)]
+
+
 #: task jobs' tables of reduce (rows model x data x task x compressor x level, columns ctx; cells mean ± SE)
-TASK_TABLES = [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug)
-               for m in registry.table_metrics("synthetic")]
+TASK_TABLES = _tables("synthetic")
 #: the depth x ctx heatmaps: the dense panel's and the compressed panels' metric
 TASK_HEATMAP = {panel: registry.heatmap_metric(panel).name for panel in ("dense", "compressed")}
 
 #: one sensitivity table each (rows model x data x compressor x level, columns ctx; cells mean ± SE)
-TABLES = [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug) for m in registry.table_metrics()]
+TABLES = _tables("kl")
 
 #: per-bin numbers of result.json's ``curve`` (octave bins), in the tidy file and the W&B history
 BIN_KEYS = ["bin_lo", "bin_hi", "log2_pos", *registry.curve_keys()]

@@ -275,8 +275,9 @@ def test_engine_on_cuda_batched_and_grouped(name, dtype):
     """Whole-model compress of a tiny Llama on CUDA: batched + grouped (the defaults) against one sample at a
     time with one statistic per Linear. Grouping is exact; batches change the forward's rounding (other GEMM
     shapes), which moves a few grid/mask decisions: in fp32 the compressed models' logits agree to < 0.4 x the
-    compression's own effect (on the CPU < 1e-2; on an H100 GPTQ 0.23 x); in bf16 the rounding is coarse (on the CPU: 0.125 relative, half the compression's own effect
-    of 0.245), so there the difference must stay well below the compression's own effect."""
+    compression's own effect (on the CPU < 1e-2; on an H100 GPTQ 0.23 x); in bf16 the rounding is coarse (on
+    the CPU: 0.125 relative, half the compression's own effect of 0.245), so there the difference must stay well
+    below the compression's own effect."""
     from unittest import mock
 
     import lcc.compressors.engine as engine

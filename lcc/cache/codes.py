@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from lcc.compressors.base import QuantGrid
+from lcc.compressors.quantize import group_index
 
 #: codes of more bits are not packed (a grid of more bits is stored as a full copy)
 MAX_BITS = 8
@@ -181,14 +182,12 @@ def expected(info: dict[str, Any], shape: tuple[int, int]) -> dict[str, tuple[to
     rows, cols = shape
     ng = info["n_groups"]
     out: dict[str, tuple[torch.Size, torch.dtype | None]] = {
-        "scale": (torch.Size([rows, ng]), torch.float32), "zero": (torch.Size([rows, ng]), None)}
+        "scale": (torch.Size([rows, ng]), torch.float32), "zero": (torch.Size([rows, ng]), None),
+        "codes": (torch.Size([packed_size(rows * cols, info["bits"])]), torch.uint8)}
     n_high = info.get("n_high")
     if n_high is not None:
-        out["codes"] = (torch.Size([packed_size(rows * cols, info["bits"])]), torch.uint8)
         out["codes_high"] = (torch.Size([packed_size(n_high, info["high_bits"])]), torch.uint8)
         out["high"] = (torch.Size([(rows * ng + 7) // 8]), torch.uint8)
-    else:
-        out["codes"] = (torch.Size([packed_size(rows * cols, info["bits"])]), torch.uint8)
     return out
 
 
@@ -200,9 +199,7 @@ def decode(t: dict[str, torch.Tensor], info: dict[str, Any], shape: tuple[int, i
     scale, zero = t["scale"].to(device), t["zero"].to(device)
     g_idx = t["g_idx"].to(device, torch.int64) if "g_idx" in t else None
     if "high" in t:
-        gs = info["group_size"]
-        g = cols if gs <= 0 or gs >= cols else gs
-        gi = g_idx if g_idx is not None else torch.arange(cols, device=device) // g
+        gi = g_idx if g_idx is not None else group_index(cols, info["group_size"], device)
         from lcc.cache.compressed import unpack_bits
 
         is_high = unpack_bits(t["high"], (rows, ng), device)[:, gi]

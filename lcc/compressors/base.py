@@ -308,10 +308,11 @@ class QuantGrid:
 
     def column_groups(self, cols: int) -> torch.Tensor:
         """The group index of every input column (long [cols], on the grid's device)."""
+        from lcc.compressors.quantize import group_index  # quantize imports this module
+
         if self.g_idx is not None:
             return self.g_idx.to(self.scale.device)
-        g = cols if self.group_size <= 0 or self.group_size >= cols else self.group_size
-        return torch.arange(cols, device=self.scale.device) // g
+        return group_index(cols, self.group_size, self.scale.device)
 
 
 @dataclass(kw_only=True)

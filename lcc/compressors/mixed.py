@@ -23,23 +23,18 @@ import torch
 from lcc import ConfigError
 from lcc.compressors.base import QuantGrid, Storage, choice, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, NormStats
-from lcc.compressors.quantize import fake_quant_grid, n_groups
+from lcc.compressors.quantize import fake_quant_grid, group_index, n_groups
 
 SALIENCIES = ["max_abs", "wanda", "act_norm"]
 FLAG_BITS = 1  # one bit per group marks its precision
 
-
-def group_index(width: int, group_size: int) -> torch.Tensor:
-    """Group of every input column, following ``fake_quant``'s grouping."""
-    g = width if group_size <= 0 or group_size >= width else group_size
-    return torch.arange(width) // g
 
 
 def group_saliency(W: torch.Tensor, saliency: str, group_size: int, norms: torch.Tensor | None = None
                    ) -> torch.Tensor:
     """[rows, n_groups] saliency of every group of ``W``."""
     rows, cols = W.shape
-    idx = group_index(cols, group_size).to(W.device).unsqueeze(0).expand(rows, cols)
+    idx = group_index(cols, group_size, W.device).unsqueeze(0).expand(rows, cols)
     ng = n_groups(cols, group_size)
     Wa = W.float().abs()
     out = torch.zeros(rows, ng, dtype=torch.float32, device=W.device)
@@ -74,7 +69,7 @@ def mixed_quant_(weight: torch.Tensor, saliency: torch.Tensor, keep: float, bits
     sel = torch.zeros(n_total, dtype=torch.bool, device=weight.device)
     sel[torch.topk(saliency.flatten(), k).indices] = True
     sel = sel.reshape(saliency.shape)
-    idx = group_index(cols, group_size).to(weight.device)
+    idx = group_index(cols, group_size, weight.device)
     col_mask = sel[:, idx]
     weight.copy_(torch.where(col_mask, high, low))
     grid = QuantGrid(bits, group_size, torch.where(sel, s_hi, s_lo), torch.where(sel, z_hi, z_lo), high=sel,

@@ -103,6 +103,12 @@ def fake_quant_linears(linears, bits: int, group_size: int, sym: bool = False,
     return eff, n
 
 
+def group_index(width: int, group_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Group of every input column (long [width]), following ``fake_quant``'s grouping."""
+    g = width if group_size <= 0 or group_size >= width else group_size
+    return torch.arange(width, device=device) // g
+
+
 def n_groups(width: int, group_size: int) -> int:
     """Number of (scale, zero) groups per row for a row of ``width`` values."""
     if group_size <= 0 or group_size >= width:

@@ -3,10 +3,11 @@ from a seed, offline, at any context length, in tokens of the model's own tokeni
 
 A prompt is ``head + haystack-with-needles + tail`` where ``head`` is the BOS token or the chat template's
 opening plus the task's instruction, and ``tail`` the question, the template's closing (assistant turn) and
-the answer prefix ("The pass key is") and the reference answer's leading whitespace tokens. The pieces are tokenized separately and concatenated, so the prompt
-is exactly ``ctx`` tokens: the haystack gets what the frame and the needles leave. A needle at depth ``d``
-goes in front of haystack token ``round(d * H)``, moved back to the nearest sentence boundary (at most
-``SNAP`` tokens) so that no word is cut; the prompt records where it landed.
+the answer prefix ("The pass key is") and the reference answer's leading whitespace tokens. The pieces are
+tokenized separately and concatenated, so the prompt is exactly ``ctx`` tokens: the haystack gets what the
+frame and the needles leave. A needle at depth ``d`` goes in front of haystack token ``round(d * H)``, moved
+back to the nearest sentence boundary (at most ``SNAP`` tokens) so that no word is cut; the prompt records where
+it landed.
 """
 from __future__ import annotations
 
