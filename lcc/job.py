@@ -23,6 +23,7 @@ import lcc
 from lcc import ConfigError, compressors, evaluate, tasks
 from lcc.cache import CompressedCache, Compression, DenseCache, DenseReference, settings
 from lcc.compressors.base import weight_fingerprint
+from lcc.coverage import coverage, unchanged_problem
 from lcc.io import file_records, files_problem, read_json, write_json, write_parquet, write_safetensors
 from lcc.metrics import position_table, summarize
 from lcc.metrics.registry import log_line
@@ -198,12 +199,17 @@ def compress_step(comp: compressors.Compressor, model, calib: torch.Tensor | Non
         info = comp.compress(model, calib if comp.needs_calibration() else None) or {}
         return info, time.perf_counter() - t
     result = cache.get_or_compute(compute) if cache else Compression(*compute(), status=uncached)
-    changed = sum(weight_fingerprint(m) != before[n] for n, m in lins.items())
+    changed_names = {n for n, m in lins.items() if weight_fingerprint(m) != before[n]}
+    changed = len(changed_names)
     if comp.uses_targets and changed == 0 and not comp.acts_at_runtime():
         raise ConfigError(f"compressor {comp.name} ({comp.level()}) changed no weight of its {len(lins)} targeted "
                           f"Linear layers: the model is still the dense one. Use compressor=none for the dense "
                           f"baseline, or a level that compresses")
-    result.weights = {"targeted_linears": len(lins), "changed_linears": changed}
+    if comp.uses_targets and comp.changes_weights() and changed < len(lins):
+        raise ConfigError(unchanged_problem(comp.name, comp.level(), [n for n in lins if n not in changed_names],
+                                            len(lins)))
+    result.weights = {"targeted_linears": len(lins), "changed_linears": changed,
+                      "coverage": coverage(model, lins, changed_names)}
     return result
 
 

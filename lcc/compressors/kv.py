@@ -165,13 +165,27 @@ def register_attention(base: str) -> str:
     return name
 
 
+def block_attention(block) -> dict[str, torch.nn.Module]:
+    """The attention modules of a decoder block: modules with k_proj and v_proj, or (fused projections: phi3
+    ``qkv_proj``, gpt_neox/falcon ``query_key_value``, gpt2 ``c_attn``, MLA) an ``...Attention`` module with a
+    ``config``, which hands its key/value states to transformers' attention interface; the outermost ones."""
+    out: dict[str, torch.nn.Module] = {}
+    for n, m in block.named_modules():
+        if any(n.startswith(p + ".") for p in out):
+            continue
+        if (hasattr(m, "k_proj") and hasattr(m, "v_proj")) or (
+                "Attention" in type(m).__name__ and getattr(m, "config", None) is not None):
+            out[n] = m
+    return out
+
+
 def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
-    """``{layers.i.<name>: attention module}`` of the targeted blocks (modules with k_proj and v_proj)."""
+    """``{layers.i.<name>: attention module}`` of the targeted blocks (:func:`block_attention`)."""
     layers = decoder_layers(model)
     out = {}
     for i in targets.layer_range(len(layers)):
-        for n, m in layers[i].named_modules():
-            if hasattr(m, "k_proj") and hasattr(m, "v_proj") and any(fnmatch.fnmatch(n, p) for p in targets.patterns):
+        for n, m in block_attention(layers[i]).items():
+            if any(fnmatch.fnmatch(n, p) for p in targets.patterns):
                 out[f"layers.{i}.{n}"] = m
     return out
 
@@ -242,10 +256,23 @@ class KVQuant(Compressor):
     def acts_at_runtime(self) -> bool:
         return True  # an attention function (and k_proj hooks with pre_rope)
 
+    def touched_linears(self, model):
+        return {}  # it changes no weight (its targets select attention modules; coverage counts none)
+
     @staticmethod
     def target_candidates(block):
-        """``targets.modules`` selects attention modules (those with k_proj and v_proj)."""
-        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
+        """``targets.modules`` selects attention modules (:func:`block_attention`)."""
+        return block_attention(block)
+
+    def check_targets(self, model) -> None:
+        super().check_targets(model)
+        if self.pre_rope:
+            fused = sorted({type(m).__name__ for m in attention_modules(model, self.targets).values()
+                            if not hasattr(m, "k_proj")})
+            if fused:
+                raise ConfigError(f"compressor.pre_rope=true needs a separate k_proj, but {type(model).__name__} "
+                                  f"projects keys in a fused layer ({', '.join(fused)}); valid: pre_rope=false "
+                                  f"(post-RoPE keys, in the attention function)")
 
     def check(self):
         if self.pre_rope and self.window > 0:
@@ -264,7 +291,7 @@ class KVQuant(Compressor):
         mods = attention_modules(model, self.targets)
         if not mods:
             raise ConfigError(f"kv: targets {self.targets.patterns} / layers {self.targets.layers} select no "
-                              f"attention module (modules with k_proj and v_proj)")
+                              f"attention module (modules with k_proj and v_proj, or ...Attention modules)")
         cfg = model.config
         base = getattr(cfg, "_attn_implementation", None) or "eager"
         if base.startswith(PREFIX):

@@ -69,6 +69,8 @@ def score_sample(model: nn.Module, head: Callable, s: Sample, max_new: int, eos:
     answer = s.answer.to(dev)
     out = base(input_ids=prompt, use_cache=True)
     cache = out[kw] if kw in out else out.past_key_values
+    if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the answer step adds, so that
+        cache.activate_past_recording()           # crop() can roll back past their window (mistral, gemma2/3, ...)
     hs = [out.last_hidden_state[0, -1:]]
     del out
     if len(answer) > 1:
