@@ -11,9 +11,10 @@ matrix unchanged (:func:`unchanged_problem`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # reduce imports this module: no torch import at run time
+    from torch import nn
 
 ORDER = ("attention", "mlp", "experts", "shared_experts", "router", "embeddings", "head", "other")
 

@@ -179,3 +179,37 @@ def test_greedy_decoding_on_sliding_window_caches_equals_generate(arch):
     s = Sample(depth=0.0, index=0, prompt=prompt, answer=answer, expected=["never"], needle_pos=0)
     got = score_sample(m, logits_fn(m, None), s, max_new=10, eos=set(), decode=lambda ids: "")
     assert got.generated == ref
+
+
+def test_jobs_record_coverage_and_reduce_shows_it(tmp_path):
+    """A real MoE job (model=tiny_arch, mixtral): coverage by kind in result.json, a column in reduce's CSV and a
+    section of sensitivity.md; a target set that leaves the experts out says so in the coverage."""
+    import pandas as pd
+
+    from helpers import make_cfg
+    from lcc.job import run
+    from lcc.reduce import reduce
+
+    base = ["model=tiny_arch", "model.arch=mixtral", "logger=none", "n_docs=1", "ctx.tokens=128",
+            "cache.enabled=false", "calib.n_samples=4", "calib.seqlen=64"]
+    full = run(make_cfg([*base, "compressor=gptq"], tmp_path / "s" / "gptq"))
+    cov = full["weights"]["coverage"]
+    assert cov["experts"] == {"params": 2 * (4 * 256 * 64 + 4 * 64 * 128), "targeted": cov["experts"]["params"],
+                              "changed": cov["experts"]["params"]}
+    assert cov["router"]["targeted"] == 0 and cov["embeddings"]["changed"] == 0
+    attn = run(make_cfg([*base, "compressor=quant", "compressor.targets.modules=[attn]"], tmp_path / "s" / "attn"))
+    assert attn["weights"]["coverage"]["experts"]["changed"] == 0
+    _, text = reduce(tmp_path / "s", plots=False)
+    assert "## Coverage" in text and "experts 100%" in text and "experts 0%" in text
+    csv = pd.read_csv(tmp_path / "s" / "sensitivity.csv")
+    assert set(csv.coverage) == {"attention 100% · experts 100%", "attention 100% · experts 0%"}
+
+
+def test_unknown_experts_layout_is_refused_naming_the_model():
+    m = tiny_model("mixtral")
+    for layer in m.model.layers:  # strip the use_experts_implementation attributes: an unknown layout
+        del layer.mlp.experts.has_gate
+    with pytest.raises(ConfigError, match=r"MixtralForCausalLM \(mixtral\) is not supported by compressor quant.*"
+                                          r"MixtralExperts"):
+        build({"name": "quant"}).check_targets(m)
+    build({"name": "kv"}).check_targets(m)  # kv does not touch the experts

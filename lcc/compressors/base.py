@@ -452,6 +452,16 @@ class Compressor:
         problem = targets_problem(model, self.targets, self.target_candidates) if self.uses_targets else None
         if problem:
             raise ConfigError(f"compressor.{problem} (compressor {self.name})")
+        if self.uses_targets and type(self).target_candidates is Compressor.target_candidates:
+            from lcc.compressors.layers import unsupported
+
+            layers = decoder_layers(model)
+            bad = sorted({u for i in self.targets.layer_range(len(layers)) for u in unsupported(layers[i])})
+            if bad:  # refused before compressing: never a "compressed" model whose experts stayed dense
+                raise ConfigError(f"{type(model).__name__} ({getattr(model.config, 'model_type', '?')}) is not "
+                                  f"supported by compressor {self.name}: its experts {', '.join(bad[:4])} store "
+                                  f"their weights in a layout lcc does not know (not a transformers "
+                                  f"use_experts_implementation class), so they would stay dense")
 
     # ---- work ----------------------------------------------------------------------------------
     def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
