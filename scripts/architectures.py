@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         "`refused`: stopped before compressing with a message naming the architecture. Coverage: share of each",
         "kind's parameters changed by `quant`.",
         "",
+        "Refused before compressing, by design (tested in `tests/test_moe.py`): a fused experts module whose class",
+        "is not a transformers `use_experts_implementation` class (its layout is unknown; the message names the",
+        "model and the class), and `kv` with `pre_rope=true` on fused key projections (phi3, gpt_neox, falcon, gpt2;",
+        "the message names the attention class). MoE routers are compressed only when asked",
+        "(`targets.modules=[router]`).",
+        "",
         *head, *rows, "",
         *(["Notes:", "", *notes, ""] if notes else []),
         f"{len(a.archs)} architectures x {len(cols)} jobs in {time.time() - t0:.0f} s on a CPU; "

@@ -213,3 +213,37 @@ def test_unknown_experts_layout_is_refused_naming_the_model():
                                           r"MixtralExperts"):
         build({"name": "quant"}).check_targets(m)
     build({"name": "kv"}).check_targets(m)  # kv does not touch the experts
+
+
+@pytest.mark.parametrize("arch, attn, mlp", [("opt", ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj",
+                                                       "self_attn.out_proj"], ["fc1", "fc2"]),
+                                             ("phi3", ["self_attn.o_proj", "self_attn.qkv_proj"],
+                                              ["mlp.gate_up_proj", "mlp.down_proj"]),
+                                             ("gpt_neox", ["attention.query_key_value", "attention.dense"],
+                                              ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]),
+                                             ("gpt2", ["attn.c_attn", "attn.c_proj"], ["mlp.c_fc", "mlp.c_proj"])])
+def test_attn_mlp_shorthands_resolve_on_any_naming(arch, attn, mlp):
+    m = tiny_model(arch)
+    block = lambda names: sorted(n.split(".", 2)[2] for n in names if n.startswith("layers.0."))  # noqa: E731
+    assert block(target_linears(m, Targets(modules=["attn"]))) == sorted(attn)
+    assert block(target_linears(m, Targets(modules=["mlp"]))) == sorted(mlp)
+
+
+@pytest.mark.parametrize("arch, name", [("mixtral", "gptq"), ("gpt_oss", "quant"), ("qwen2_moe", "sparsegpt")])
+def test_the_weights_cache_stores_expert_views_like_linears(arch, name):
+    """The compressed-weights codec (codes for quantizers, full copies otherwise) round-trips expert views bit for
+    bit into a fresh dense model."""
+    from lcc.cache.compressed import CODECS
+
+    m = tiny_model(arch)
+    comp = build({"name": name})
+    comp.compress(m, CALIB if comp.needs_calibration() else None)
+    codec = CODECS[comp.storage()]
+    entry, info = codec.encode(comp.touched_linears(m), comp.quant_grids())
+    if name in ("gptq", "quant"):
+        assert info["summary"]["full_copies"] == 0 and info["summary"]["coded"] == len(comp.touched_linears(m))
+    fresh = tiny_model(arch)
+    lins = comp.touched_linears(fresh)
+    codec.apply(lins, codec.load(lins, entry, info))
+    after = m.state_dict()
+    assert all(torch.equal(v.view(torch.uint8), after[k].view(torch.uint8)) for k, v in fresh.state_dict().items())
