@@ -36,7 +36,8 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
                        shared_expert_intermediate_size=64), "MoE + shared expert"),
     "gpt_oss": (dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=64, head_dim=16),
                 "MoE (transposed experts with biases), sliding window, attention sinks"),
-    "deepseek_v3": (dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1,
+    "deepseek_v3": (dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                         first_k_dense_replace=1,
                          n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
                          qk_nope_head_dim=8, v_head_dim=16), "MoE + shared experts, MLA attention"),
 }

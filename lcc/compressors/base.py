@@ -350,7 +350,8 @@ class Compressor:
     #: False for a compressor that ignores ``targets`` (none): then ``targets`` is not one of its parameters
     uses_targets: ClassVar[bool] = True
     targets: Targets = param(default_factory=Targets,
-                             doc="which Linears: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+                             doc="which weight matrices: modules (globs, or attn / mlp / experts / "
+                                 "shared_experts / router), layers [start, stop), lm_head")
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
