@@ -247,3 +247,31 @@ def test_the_weights_cache_stores_expert_views_like_linears(arch, name):
     codec.apply(lins, codec.load(lins, entry, info))
     after = m.state_dict()
     assert all(torch.equal(v.view(torch.uint8), after[k].view(torch.uint8)) for k, v in fresh.state_dict().items())
+
+
+def test_a_weight_compressor_that_leaves_experts_dense_fails_naming_them():
+    """The MoE case can never again report ok: a compressor that skips targeted matrices fails the job."""
+    from lcc.compressors.quantize import fake_quant_linears
+    from lcc.job import compress_step
+
+    m = tiny_model("mixtral")
+    comp = build({"name": "quant"})
+
+    def linears_only(model, calib=None):  # the old behaviour: nn.Linear only
+        lins = target_linears(model, comp.targets)
+        fake_quant_linears({n: v for n, v in lins.items() if isinstance(v, torch.nn.Linear)}, 4, 128)
+        return {}
+    comp.compress = linears_only
+    with pytest.raises(ConfigError, match=r"left 16 of its 24 targeted weight matrices unchanged: "
+                                          r"layers\.0\.mlp\.experts\.\*\.gate_up_proj"):
+        compress_step(comp, m, None)
+
+
+def test_the_router_is_a_target_on_request_calibrated_too():
+    m = tiny_model("gpt_oss")
+    lins = target_linears(m, Targets(modules=["router"]))
+    assert sorted(lins) == ["layers.0.mlp.router", "layers.1.mlp.router"]
+    before = {n: v.weight.clone() for n, v in lins.items()}
+    facts = build({"name": "gptq", "targets": {"modules": ["router"]}}).compress(m, CALIB)
+    assert "no_calibration_tokens" not in facts and facts["n_linears"] == 2
+    assert all(not torch.equal(v.weight, before[n]) for n, v in lins.items())
