@@ -288,8 +288,7 @@ def test_lm_eval_unknown_task_fails_before_launch_with_close_names(tmp_path):
     from lcc.tasks.lm_eval import make_pydoc_task
     d = make_pydoc_task(tmp_path / "t", n_docs=10)
     with pytest.raises(ConfigError, match=r"unknown lm-eval task\(s\) \['lcc_pydoc_clze'\].*lcc_pydoc_cloze"):
-        validate(make_cfg(["model=tiny", "task=lm_eval", f"task.include_path={d}", "task.tasks=[lcc_pydoc_clze]"],
-                          "-"))
+        validate(make_cfg(["task=lm_eval", f"task.include_path={d}", "task.tasks=[lcc_pydoc_clze]"], "-"))
 
 
 @pytest.mark.slow
