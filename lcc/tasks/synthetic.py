@@ -11,6 +11,8 @@ it landed.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ AUTO_MARGIN = 10
 MAX_TRIES = 64
 SENTENCE_ENDS = (".", "!", "?", "\n", ".\n", "\n\n")
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: (task parameters, ctx, seed, tokenizer) -> longest answer, of the prompt checks that passed
+_CHECKED: dict[tuple, int] = {}
 
 
 @dataclass
@@ -243,6 +247,10 @@ class SyntheticTask(Task):
         """Measure every prompt's texts with ``tok`` (no haystack): ConfigError naming the numbers if ``ctx``
         leaves a prompt fewer than MIN_HAYSTACK haystack tokens or an explicit ``max_new_tokens`` is shorter
         than an answer. Returns the longest answer's tokens."""
+        memo = (json.dumps(dataclasses.asdict(self), sort_keys=True, default=str), ctx, seed, type(tok).__name__,
+                str(getattr(tok, "name_or_path", "")))
+        if memo in _CHECKED:  # every job of a sweep with the same task, ctx and seed: measured once
+            return _CHECKED[memo]
         b = PromptBuilder(tok, ctx, self.chat_template)  # chat_template=true without a template fails here
         longest, at = 0, None
         for i, j, depth, rng in self._rngs(seed):
@@ -257,6 +265,7 @@ class SyntheticTask(Task):
             if n_ans > longest:
                 longest, at = n_ans, (j, depth)
         self._check_budget(longest, at, model)
+        _CHECKED[memo] = longest
         return longest
 
     def _needle_keys(self) -> str:
