@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from lcc.tasks.base import check_choice, check_int, register
 from lcc import ConfigError
+from lcc.tasks.base import check_choice, check_int, register
 from lcc.tasks.synthetic import MAX_TRIES, Spec, SyntheticTask, distinct_number, n_numbers
 
 
