@@ -68,14 +68,26 @@ def completed(out: Path, chash: str) -> dict | None:
 
 
 def _set_aside_stale(out: Path) -> None:
-    """A result from another config must not look like this run's, and must not be lost either."""
+    """A result from another config must not look like this run's, and must not be lost either: result.json
+    becomes ``result.stale-<hash>-<time>.json`` and the files it lists move, under their own names, into
+    ``stale-<hash>-<time>/``, so this run cannot overwrite them and the stale record still verifies
+    (``lcc.io.files_problem(out / "stale-<hash>-<time>", <its result>)``)."""
     old = out / "result.json"
     if old.exists():
+        files: list = []
         try:
-            tag = read_json(old).get("config_hash") or "unknown"
+            res = read_json(old)
+            tag = (res.get("config_hash") if isinstance(res, dict) else None) or "unknown"
+            files = res.get("files") if isinstance(res, dict) and isinstance(res.get("files"), list) else []
         except (OSError, ValueError):
             tag = "unreadable"
-        old.rename(out / f"result.stale-{tag}-{int(time.time())}.json")
+        stamp = f"{tag}-{int(time.time())}"
+        keep = [f for f in files if isinstance(f, str) and f and Path(f).name == f and (out / f).is_file()]
+        if keep:
+            (out / f"stale-{stamp}").mkdir(exist_ok=True)
+            for f in keep:
+                (out / f).rename(out / f"stale-{stamp}" / f)
+        old.rename(out / f"result.stale-{stamp}.json")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -73,19 +73,10 @@ def flat_config(cfg: dict, prefix: str = "") -> dict:
 
 
 def _result_problem(res: object) -> str | None:
-    """Why a result.json is not a result lcc wrote (None if it is)."""
-    if not isinstance(res, dict):
-        return f"not a JSON object but {type(res).__name__}"
-    if res.get("status") != "ok":
-        return None
-    task = res.get("task", "kl")
-    body = ("curve", list) if task == "kl" else ("lm_eval" if task == "lm_eval" else "by_depth", list)
-    for key, typ in (("config", dict), ("summary", dict), body, ("level", str), ("compressor", str)):
-        if not isinstance(res.get(key), typ):
-            return f"{key!r} is missing or not a {typ.__name__}"
-    if not isinstance(res.get("ctx"), int) or isinstance(res.get("ctx"), bool):
-        return "'ctx' is missing or not an integer"
-    return None
+    """Why a result.json is not a result lcc wrote (None if it is): ``lcc.result_schema``, the one check of
+    every field reduce reads."""
+    from lcc.result_schema import problem
+    return problem(res)
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:

@@ -209,6 +209,18 @@ def text_file_problem(path: str, decode_errors: str = "strict") -> str | None:
     return problem
 
 
+def blank_file(path: str) -> bool:
+    """True if the file is empty or holds only whitespace (read until the first other byte)."""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 16):
+                if chunk.strip():
+                    return False
+    except OSError:
+        return False  # text_file_problem names it
+    return True
+
+
 def text_files(paths: Any, key: str = "data.paths") -> tuple[list[str], list[str]]:
     """(files, problems) of a ``paths`` setting: every pattern must match at least one entry, and every match
     must be a regular file (a glob's matches that are folders are named, not skipped silently)."""
@@ -325,6 +337,9 @@ def _data(p: Problems, d: dict, prefix: str) -> None:
                 if (why := text_file_problem(f, errors)):
                     p.append(f"{prefix}paths: {why}; valid: UTF-8 text files (or {prefix}decode_errors=replace "
                              f"to read them with replacement characters)")
+        if files and all(blank_file(f) for f in files):
+            p.append(f"{prefix}paths: {files[:3]} hold{'s' if len(files) == 1 else ''} no text (empty or whitespace "
+                     f"only); valid: text files with some text")
 
 
 def _compressor(p: Problems, c: dict) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lcc.evaluate import input_device, sync
-from lcc.tasks.synthetic import Sample
+from lcc.tasks.synthetic import Sample, matches  # noqa: F401  (matches: word-boundary string match)
 
 
 @dataclass
@@ -51,12 +51,6 @@ def eos_ids(model: nn.Module, tok) -> set[int]:
         if e is not None:
             ids.update(e if isinstance(e, (list, tuple)) else [e])
     return {int(i) for i in ids}
-
-
-def matches(text: str, expected: list[str]) -> bool:
-    """RULER's string match: every expected string occurs in the output (case-insensitive)."""
-    low = text.lower()
-    return all(e.lower() in low for e in expected)
 
 
 @torch.inference_mode()
