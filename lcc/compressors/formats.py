@@ -1,11 +1,14 @@
 """Floating-point quantization formats: FP8 E4M3, FP4 E2M1, the MX (OCP microscaling) and NVFP4 block formats.
 
-Fake quantization (quantize, then dequantize back into the tensor's dtype), computed in fp32. The grids are those
+Fake quantization (quantize, then dequantize back into the tensor's dtype). The grids are those
 of ``compressed-tensors`` (vLLM's quantization library, the one llm-compressor writes checkpoints with), function
 by function: ``calculate_qparams`` (scales), ``generate_gparam`` (NVFP4's global scale), ``generate_mx_scales``
 (E8M0 exponents) and ``fake_quantize`` (``x / scale``, clamp to the element range, round to the element format,
 times ``scale``); ``scripts/compare_formats.py`` checks them on SmolLM2's weights and activations and
 ``tests/test_formats.py`` keeps the result (recorded outputs in ``tests/fixtures/formats_reference.safetensors``).
+The arithmetic runs in the tensor's own dtype with torch's type promotion, as compressed-tensors' does (in bf16 the
+FP8 scale ``amax / 448`` and ``x / scale`` are rounded to bf16, the checkpoints llm-compressor writes from bf16
+weights; NVFP4's global and block scales are fp32), so the values equal the reference's in fp32 and in bf16.
 
 Elements:
 
@@ -16,8 +19,8 @@ Elements:
 
 Scales (``amax`` = the largest |x| of the scale's block, with 0 always in range):
 
-* **FP8** (per tensor, channel, 128x128 block, token or token group): ``scale = amax / 448`` in fp32; a block of zeros
-  gets fp32 eps.
+* **FP8** (per tensor, channel, 128x128 block, token or token group): ``scale = amax / 448``; a block of zeros gets
+  the dtype's eps.
 * **MX** (MXFP4, MXFP8; one E8M0 scale per 32 consecutive values): ``scale = 2^(e - offset)`` where ``2^e`` is
   ``amax`` rounded to a power of two (up when its mantissa is >= 1.75, as compressed-tensors' ``round_to_power_2``
   with E2M1's mantissa width; the OCP spec's ``floor(log2 amax)`` rounds down) and ``offset = floor(log2(element
@@ -38,7 +41,6 @@ import torch
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 E2M1_MAX = 6.0
 E4M3_EPS_SCALE = 0.125  # compressed-tensors' replacement for an NVFP4 block scale of 0 (_get_dtype_eps)
-FP32_EPS = float(torch.finfo(torch.float32).eps)
 MX_BLOCK = 32
 NV_BLOCK = 16
 
@@ -47,12 +49,12 @@ ELEMENTS = {"e4m3": (E4M3_MAX, 8), "e2m1": (E2M1_MAX, 2)}
 
 
 def round_e4m3(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (fp32, already within +-448) rounded to the nearest E4M3 value (ties to even)."""
+    """``x`` (already within +-448) rounded to the nearest E4M3 value (ties to even)."""
     return x.to(torch.float8_e4m3fn).to(x.dtype)
 
 
 def round_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (fp32, already within +-6) rounded to the nearest E2M1 value, ties to even: the step is 0.5 below 2,
+    """``x`` (already within +-6) rounded to the nearest E2M1 value, ties to even: the step is 0.5 below 2,
     1 in [2, 4), 2 in [4, 6]."""
     a = x.abs()
     _, e = torch.frexp(a)  # a = m * 2^e, m in [0.5, 1): floor(log2 a) = e - 1
@@ -64,9 +66,10 @@ ROUND = {"e4m3": round_e4m3, "e2m1": round_e2m1}
 
 
 def qdq(x: torch.Tensor, scale: torch.Tensor, element: str) -> torch.Tensor:
-    """compressed-tensors' ``fake_quantize`` for a symmetric float format: round(clamp(x / scale)) * scale (fp32)."""
+    """compressed-tensors' ``fake_quantize`` for a symmetric float format: round(clamp(x / scale)) * scale, in the
+    promoted dtype of ``x`` and ``scale``."""
     top = ELEMENTS[element][0]
-    return ROUND[element]((x / scale).clamp(-top, top)) * scale
+    return ROUND[element]((x / scale).clamp(-top, top)).to(scale.dtype) * scale
 
 
 def absmax(x: torch.Tensor, dims) -> torch.Tensor:
@@ -77,28 +80,32 @@ def absmax(x: torch.Tensor, dims) -> torch.Tensor:
 
 
 def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    """FP8 scale for a block of absolute maximum ``amax``: amax / 448, a zero block gets fp32 eps."""
+    """FP8 scale for a block of absolute maximum ``amax``: amax / 448 (in amax's dtype), a zero block gets its eps."""
     s = amax / E4M3_MAX
-    return torch.where(s == 0, torch.full_like(s, FP32_EPS), s)
+    return torch.where(s == 0, torch.full_like(s, torch.finfo(s.dtype).eps), s)
 
 
 def mx_scale(amax: torch.Tensor, element: str) -> torch.Tensor:
-    """E8M0 scale 2^(e - offset) of an MX block (see the module docstring), as fp32."""
+    """E8M0 scale 2^(e - offset) of an MX block (see the module docstring), in amax's dtype."""
     offset = ELEMENTS[element][1]
     m, e = torch.frexp(amax)
     e = e - 1 + (m >= 0.875).to(e.dtype)  # amax rounded to a power of two: up from a mantissa of 1.75
     biased = torch.where(amax > 0, 127 + e - offset, torch.zeros_like(e)).clamp(0, 255)
-    return torch.exp2((biased - 127).to(torch.float32))
+    return torch.exp2((biased - 127).to(torch.float32)).to(amax.dtype)
 
 
 def nv_global_scale(amax_tensor: torch.Tensor) -> torch.Tensor:
-    """NVFP4's fp32 global scale 448 * 6 / amax (compressed-tensors' ``generate_gparam``)."""
-    a = amax_tensor.float().clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.nan_to_num((E4M3_MAX * E2M1_MAX) / a, nan=1.0, posinf=1.0, neginf=1.0)
+    """NVFP4's global scale 448 * 6 / amax, computed in amax's dtype and returned as fp32 (compressed-tensors'
+    ``generate_gparam``)."""
+    a = amax_tensor.clamp_min(torch.finfo(amax_tensor.dtype).tiny)
+    g = torch.nan_to_num((E4M3_MAX * E2M1_MAX) / a, nan=1.0, posinf=1.0, neginf=1.0).float()
+    # at least 1-D, as the reference's [1]: a 0-dim fp32 tensor would not promote bf16 block scales to fp32
+    return g.reshape(1) if g.ndim == 0 else g
 
 
 def nv_block_scale(amax: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
-    """The effective NVFP4 scale of a block, s / g with s = fp8(g * amax / 6) (0 -> 0.125)."""
+    """The effective NVFP4 scale of a block (fp32), s / g with s = fp8(g * (amax / 6)) (0 -> 0.125); amax / 6 is
+    computed in amax's dtype, the rest in fp32."""
     s = round_e4m3((global_scale * (amax / E2M1_MAX)).clamp(-E4M3_MAX, E4M3_MAX))
     s = torch.where(s == 0, torch.full_like(s, E4M3_EPS_SCALE), s)
     return s / global_scale
@@ -120,19 +127,17 @@ def _unblocks(x: torch.Tensor, width: int) -> torch.Tensor:
 # ---- FP8 ----------------------------------------------------------------------------------------
 def fp8_tensor(x: torch.Tensor) -> torch.Tensor:
     """FP8 E4M3 with one scale for the whole tensor."""
-    xf = x.float()
-    return qdq(xf, fp8_scale(absmax(xf, tuple(range(xf.ndim)))), "e4m3").to(x.dtype)
+    return qdq(x, fp8_scale(absmax(x, tuple(range(x.ndim)))), "e4m3").to(x.dtype)
 
 
 def fp8_rows(x: torch.Tensor) -> torch.Tensor:
     """FP8 E4M3 with one scale per row (a weight's output channel; an activation's token)."""
-    xf = x.float()
-    return qdq(xf, fp8_scale(absmax(xf, -1)), "e4m3").to(x.dtype)
+    return qdq(x, fp8_scale(absmax(x, -1)), "e4m3").to(x.dtype)
 
 
 def fp8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
     """FP8 E4M3 with one scale per ``group`` consecutive values of the last dim (per-token groups of an activation)."""
-    b, width = _blocks(x.float(), group)
+    b, width = _blocks(x, group)
     return _unblocks(qdq(b, fp8_scale(absmax(b, -1)), "e4m3"), width).to(x.dtype)
 
 
@@ -141,7 +146,7 @@ def fp8_blocks(w: torch.Tensor, block: int) -> torch.Tensor:
     smaller)."""
     rows, cols = w.shape
     pr, pc = (-rows) % block, (-cols) % block
-    wf = torch.nn.functional.pad(w.float(), (0, pc, 0, pr))
+    wf = torch.nn.functional.pad(w, (0, pc, 0, pr))
     t = wf.reshape(wf.shape[0] // block, block, wf.shape[1] // block, block)
     q = qdq(t, fp8_scale(absmax(t, (1, 3))), "e4m3")
     return q.reshape(wf.shape)[:rows, :cols].to(w.dtype)
@@ -150,7 +155,7 @@ def fp8_blocks(w: torch.Tensor, block: int) -> torch.Tensor:
 # ---- microscaling -------------------------------------------------------------------------------
 def mx(x: torch.Tensor, element: str, block: int = MX_BLOCK) -> torch.Tensor:
     """MX format (MXFP4: element e2m1, MXFP8: e4m3): one E8M0 scale per ``block`` values along the last dim."""
-    b, width = _blocks(x.float(), block)
+    b, width = _blocks(x, block)
     return _unblocks(qdq(b, mx_scale(absmax(b, -1), element), element), width).to(x.dtype)
 
 
@@ -159,15 +164,14 @@ def nvfp4(x: torch.Tensor, global_amax: torch.Tensor | None = None, per_row_glob
     """NVFP4: E2M1 values, one E4M3 scale per ``block`` values along the last dim, an fp32 global scale from
     ``global_amax`` (default: the tensor's own absmax; ``per_row_global``: one per row, as lcc's dynamic
     per-token activations)."""
-    xf = x.float()
     if per_row_global:
-        amax = absmax(xf, -1).unsqueeze(-1)  # [..., 1, 1] against blocks [..., n, block]
+        amax = absmax(x, -1).unsqueeze(-1)  # [..., 1, 1] against blocks [..., n, block]
     elif global_amax is None:
-        amax = absmax(xf, tuple(range(xf.ndim)))
+        amax = absmax(x, tuple(range(x.ndim)))
     else:
-        amax = global_amax.float()
+        amax = global_amax
     g = nv_global_scale(amax)
-    b, width = _blocks(xf, block)
+    b, width = _blocks(x, block)
     return _unblocks(qdq(b, nv_block_scale(absmax(b, -1), g), "e2m1"), width).to(x.dtype)
 
 

@@ -100,7 +100,7 @@ class NVFP4(_Microscale):
     def quantize_weights(self, lins: dict) -> None:
         groups = F.fused_groups(lins) if self.fuse_global else [[n] for n in lins]
         for names in groups:
-            amax = torch.stack([lins[n].weight.detach().float().abs().amax() for n in names]).amax()
+            amax = torch.stack([lins[n].weight.detach().abs().amax() for n in names]).amax()
             for n in names:
                 w = lins[n].weight.data
                 w.copy_(F.nvfp4(w, global_amax=amax, block=self.block))
