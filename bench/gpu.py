@@ -82,7 +82,8 @@ ARCHS = {
 }
 
 #: compressor -> target seconds on the 7B architecture with 128 x 2048 calibration tokens
-COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120}
+COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120,
+                    "fp8": 15, "fp8_block": 15, "mxfp4": 15, "mxfp8": 15, "nvfp4": 15}
 RATIO_TARGET = 1.10
 MEM_TARGET_GIB = {"llama3_8b": 40.0}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -349,6 +350,13 @@ COMPRESS_SPECS = {
     "sparsegpt": {"name": "sparsegpt"},
     "gptq": {"name": "gptq"},
     "gptq_act": {"name": "gptq", "act_order": True},
+    # issue 19's data-free formats, weights only (activation hooks cost nothing at compress time and would stay on
+    # the model for the next row): --compressors fp8,fp8_block,mxfp4,mxfp8,nvfp4
+    "fp8": {"name": "fp8", "acts": "none"},
+    "fp8_block": {"name": "fp8", "weights": "block", "acts": "none"},
+    "mxfp4": {"name": "mxfp4"},
+    "mxfp8": {"name": "mxfp8"},
+    "nvfp4": {"name": "nvfp4"},
 }
 
 

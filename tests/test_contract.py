@@ -32,6 +32,11 @@ EXTRA = {
     "mixed(wanda)": ["compressor=mixed", "compressor.saliency=wanda"],
     "quant_wa(weights only)": ["compressor=quant_wa", "compressor.a_bits=16"],
     "sparsegpt(2:4)": ["compressor=sparsegpt", "compressor.nm_n=2", "compressor.nm_m=4"],
+    "fp8(W8A16 block)": ["compressor=fp8", "compressor.weights=block", "compressor.acts=none", "compressor.block=16"],
+    "nvfp4(W4A4)": ["compressor=nvfp4", "compressor.acts=true"],
+    "mxfp4(W4A4)": ["compressor=mxfp4", "compressor.acts=true"],
+    "kv(fp8)": ["compressor=kv", "compressor.format=fp8", "compressor.fp8_scale=head"],
+    "compose(nvfp4+kv fp8)": ["compressor=compose", "compressor.stages=[{name: nvfp4},{name: kv, format: fp8}]"],
 }
 CASES = {name: [f"compressor={name}"] for name in sorted(REGISTRY)} | EXTRA
 #: cases whose every touched Linear ends on an integer grid (the cache stores them as codes)

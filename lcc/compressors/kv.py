@@ -16,6 +16,11 @@ Grids (``lcc.compressors.quantize``, asymmetric min/max by default):
 * keys ``key_mode=channel`` (KIVI): per channel, in groups of ``group_size`` consecutive tokens; the last
   group is shorter. ``key_mode=token``: per token, groups of ``group_size`` along head_dim.
 * values: per token, groups of ``group_size`` along head_dim.
+* ``format=fp8``: keys and values in FP8 E4M3 (vLLM's ``kv_cache_dtype=fp8``) with one scale per sequence and
+  layer (``fp8_scale=tensor``) or per kv head (``head``), ``amax / 448`` over the positions attended (the scale a
+  calibration on this text would give; llm-compressor's kv_cache_scheme strategies tensor / attn_head), or the
+  unit scale (``unit``: vLLM's default without calibrated scales). ``lcc.compressors.formats``; compared with
+  compressed-tensors in ``scripts/compare_formats.py``.
 
 Full-precision tokens:
 
@@ -44,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
+from lcc.compressors import formats
 from lcc.compressors.base import Compressor, choice, decoder_layers, groups, ints, param
 from lcc.compressors.quantize import fake_quant
 
@@ -60,6 +66,21 @@ class KVSpec:
     pre_rope: bool
     sink: int
     window: int
+    fmt: str = "int"
+    fp8_scale: str = "tensor"
+
+    @property
+    def per_token_keys(self) -> bool:
+        """Each key's grid depends on that position alone (no statistics over other positions)."""
+        return self.key_mode != "channel" if self.fmt == "int" else self.fp8_scale == "unit"
+
+    def _fp8(self, x: torch.Tensor) -> torch.Tensor:
+        """FP8 E4M3 of states [batch, heads, seq, head_dim], one scale per sequence, per head, or 1."""
+        if self.fp8_scale == "unit":
+            scale = torch.ones((), dtype=x.dtype, device=x.device)
+        else:
+            scale = formats.fp8_scale(formats.absmax(x, (1, 2, 3) if self.fp8_scale == "tensor" else (2, 3)))
+        return formats.qdq(x, scale, "e4m3").to(x.dtype)
 
     def _rest(self, x: torch.Tensor, fn) -> torch.Tensor:
         """Apply ``fn`` to the positions after the sink tokens (dim -2 is the sequence)."""
@@ -71,12 +92,16 @@ class KVSpec:
         return torch.cat([x[..., :s, :], fn(x[..., s:, :])], dim=-2)
 
     def quant_keys(self, k: torch.Tensor) -> torch.Tensor:
+        if self.fmt == "fp8":
+            return self._rest(k, self._fp8)
         if self.key_mode == "channel":
             return self._rest(k, lambda x: fake_quant(x.transpose(-1, -2), self.bits, self.group_size,
                                                       self.sym).transpose(-1, -2))
         return self._rest(k, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
 
     def quant_values(self, v: torch.Tensor) -> torch.Tensor:
+        if self.fmt == "fp8":
+            return self._rest(v, self._fp8)
         return self._rest(v, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
 
 
@@ -216,7 +241,7 @@ def _k_proj_hook(attn):
         b, t, _ = out.shape
         k = out.view(b, t, -1, d).transpose(1, 2)
         start = getattr(attn, "_lcc_kv_start", 0)
-        if spec.key_mode != "channel":  # per-token groups: no other position is involved
+        if spec.per_token_keys:  # per-token groups (or a unit fp8 scale): no other position is involved
             return spec.quant_keys(k).transpose(1, 2).reshape(b, t, -1)
         prev = getattr(attn, "_lcc_kv_seen", None)
         if start > 0 and prev is not None and prev.shape[-2] >= start and prev.shape[:2] == k.shape[:2]:
@@ -252,6 +277,10 @@ class KVQuant(Compressor):
     sink: int = param(0, "the first `sink` positions stay full precision (attention sinks)", ints(0, 1 << 24))
     window: int = param(0, "each query sees its last `window` keys/values in full precision (exact per query; "
                            "post-RoPE only)", ints(0, 1 << 24))
+    format: str = param("int", "int: the integer grid above; fp8: FP8 E4M3 keys and values (bits, group_size, "
+                               "key_mode, sym do not apply)", choice("int", "fp8"))
+    fp8_scale: str = param("tensor", "format=fp8: one scale per sequence and layer (tensor), per kv head (head), or "
+                                     "1 (unit, vLLM without calibrated scales)", choice("tensor", "head", "unit"))
 
     def acts_at_runtime(self) -> bool:
         return True  # an attention function (and k_proj hooks with pre_rope)
@@ -275,13 +304,25 @@ class KVQuant(Compressor):
                                   f"(post-RoPE keys, in the attention function)")
 
     def check(self):
+        if self.format == "fp8":
+            for f in ("bits", "group_size", "key_mode", "sym"):
+                default = type(self).__dataclass_fields__[f].default
+                if getattr(self, f) != default:
+                    raise ConfigError(f"{f}={getattr(self, f)!r} does not apply to format='fp8' (E4M3 keys and "
+                                      f"values); valid: leave {f} at {default!r}, or format='int'")
+        elif self.fp8_scale != "tensor":
+            raise ConfigError(f"fp8_scale={self.fp8_scale!r} applies to format='fp8' only; valid: format='fp8', or "
+                              f"leave fp8_scale at 'tensor'")
         if self.pre_rope and self.window > 0:
             raise ConfigError(f"window={self.window!r} with pre_rope=true is not supported (the full-precision "
                               f"window needs post-RoPE keys); valid: window=0 or pre_rope=false")
 
     def level(self) -> str:
-        s = f"kv{self.bits}" + ("k-tok" if self.key_mode == "token" else "")
-        s += ("" if self.group_size == 128 else f"g{self.group_size}") + ("sym" if self.sym else "")
+        if self.format == "fp8":
+            s = "kv-fp8" + ("" if self.fp8_scale == "tensor" else f"-{self.fp8_scale}")
+        else:
+            s = f"kv{self.bits}" + ("k-tok" if self.key_mode == "token" else "")
+            s += ("" if self.group_size == 128 else f"g{self.group_size}") + ("sym" if self.sym else "")
         s += "-prerope" if self.pre_rope else ""
         s += f"-sink{self.sink}" if self.sink else ""
         s += f"-win{self.window}" if self.window else ""
@@ -299,7 +340,7 @@ class KVQuant(Compressor):
         name = register_attention(base)
         cfg._attn_implementation = name
         spec = KVSpec(int(self.bits), int(self.group_size), self.key_mode, bool(self.sym), bool(self.pre_rope),
-                      int(self.sink), int(self.window))
+                      int(self.sink), int(self.window), self.format, self.fp8_scale)
         hooks = 0
         for attn in mods.values():
             attn._lcc_kv = spec
