@@ -61,6 +61,43 @@ def linear_weights(model) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 @torch.no_grad()
+def compare_awq(model, calib, group_size: int = 64, bits: int = 4) -> dict:
+    from scripts.reference import awq_ref as ref
+    dense = copy.deepcopy(model)
+    ref_model = copy.deepcopy(model)
+    t = time.perf_counter()
+    res = ref.run_awq_and_quantize(ref_model, calib, bits, group_size)
+    t_ref = time.perf_counter() - t
+    t = time.perf_counter()
+    comp = build({"name": "awq", "bits": bits, "group_size": group_size})
+    facts = comp.compress(model, calib)
+    t_lcc = time.perf_counter() - t
+    ref_scales = {prev: (names, s) for prev, names, s in res["scale"]}
+    ours_scales = comp.awq_scales
+    out: dict = {"n_scale_groups": [len(ours_scales), len(res["scale"])],
+                 "n_clips": [len(comp.awq_clips), len(res["clip"])]}
+    # scales: the reference keys them by the previous op, lcc by the first Linear of the group
+    rs = {f"layers.{names[0].split('layers.', 1)[1]}": s for _, (names, s) in ref_scales.items()}
+    out["scales_keys_equal"] = sorted(rs) == sorted(ours_scales)
+    out["scales"] = max(maxdiff(ours_scales[k], rs[k]) for k in rs)
+    out["scales_rel"] = max(rel(ours_scales[k], rs[k]) for k in rs)
+    rc = {n.split("layers.", 1)[1]: v for n, v in res["clip"]}
+    out["clips"] = max(maxdiff(comp.awq_clips["layers." + k][0], rc[k]) for k in rc)
+    ours, theirs = linear_weights(model), linear_weights(ref_model)
+    out["weights"] = max(maxdiff(ours[k], theirs[k]) for k in ours)
+    out["weights_equal"] = all(torch.equal(ours[k], theirs[k]) for k in ours)
+    out["weights_differing"] = sum(int((ours[k] != theirs[k]).sum()) for k in ours)
+    out["weights_total"] = sum(ours[k].numel() for k in ours)
+    ids = calib[:1]
+    lo, lr, ld = model(ids).logits, ref_model(ids).logits, dense(ids).logits
+    out["logits"] = maxdiff(lo, lr)
+    out["logits_vs_dense"] = maxdiff(lo, ld)
+    out["mean_ratio"] = facts["mean_ratio"]
+    out["seconds_ref"], out["seconds_lcc"] = t_ref, t_lcc
+    return out
+
+
+@torch.no_grad()
 def compare_smoothquant(model, calib, alpha: float = 0.5) -> dict:
     from scripts.reference import smoothquant_ref as ref
     dense = copy.deepcopy(model)
@@ -98,7 +135,7 @@ def compare_smoothquant(model, calib, alpha: float = 0.5) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
-    p.add_argument("--method", choices=["smoothquant"], default="smoothquant")
+    p.add_argument("--method", choices=["smoothquant", "awq", "both"], default="both")
     p.add_argument("--n-samples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64)

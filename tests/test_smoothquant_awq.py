@@ -44,3 +44,24 @@ def test_smoothquant_partial_targets_smooth_only_whole_groups():
     assert facts["smoothed_groups"] == 2  # gate/up of both blocks; q alone is not a whole group
     with pytest.raises(ConfigError, match="alpha=1.5 is invalid"):
         build({"name": "smoothquant", "alpha": 1.5})
+
+
+@pytest.mark.parametrize("gs", [32, 64])
+def test_awq_equals_reference(gs):
+    r = cmp.compare_awq(tiny(), calib(), group_size=gs)
+    assert r["scales_keys_equal"] and r["n_scale_groups"] == [8, 8] and r["n_clips"] == [10, 10], r
+    assert r["scales"] == 0.0 and r["clips"] == 0.0 and r["weights_equal"] and r["logits"] == 0.0, r
+    assert r["logits_vs_dense"] > 1e-3
+
+
+def test_awq_short_last_group_and_propagate():
+    """A width that is not a multiple of the group (64 with 48: groups of 48 and 16) runs; propagate=true
+    calibrates block 1 on block 0's quantized outputs, so block 1 changes and block 0 does not."""
+    a, b = tiny(), tiny()
+    build({"name": "awq", "group_size": 48}).compress(a, calib())
+    build({"name": "awq", "group_size": 48, "propagate": True}).compress(b, calib())
+    wa, wb = a.model.layers, b.model.layers
+    assert torch.equal(wa[0].mlp.down_proj.weight, wb[0].mlp.down_proj.weight)
+    assert not torch.equal(wa[1].mlp.down_proj.weight, wb[1].mlp.down_proj.weight)
+    w = wa[0].mlp.up_proj.weight  # every group of 48 (and the last of 16) holds at most 16 levels
+    assert max(len(torch.unique(w[0, s:s + 48])) for s in (0, 48)) <= 16
