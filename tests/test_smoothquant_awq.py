@@ -65,3 +65,11 @@ def test_awq_short_last_group_and_propagate():
     assert not torch.equal(wa[1].mlp.down_proj.weight, wb[1].mlp.down_proj.weight)
     w = wa[0].mlp.up_proj.weight  # every group of 48 (and the last of 16) holds at most 16 levels
     assert max(len(torch.unique(w[0, s:s + 48])) for s in (0, 48)) <= 16
+
+
+@pytest.mark.slow
+def test_smoothquant_equals_reference_on_smollm2():
+    """The embedded model, 8 x 128 tokens of CPython's docs (the script's default; ~10 s)."""
+    m, c = cmp.load("smollm2", 8, 128)
+    r = cmp.compare_smoothquant(m, c, 0.5)
+    assert r["act_max"] == 0.0 and r["weights_equal"] and r["logits"] == 0.0, r
