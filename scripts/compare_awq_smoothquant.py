@@ -1,7 +1,8 @@
 """lcc's SmoothQuant and AWQ against the authors' code (transcribed in scripts/reference/), on the same weights
 and the same calibration batch; prints the max differences of the scales and of the final weights.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/compare_awq_smoothquant.py --model smollm2 --method both
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/compare_awq_smoothquant.py --model smollm2 --method smoothquant
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/compare_awq_smoothquant.py --model smollm2 --method awq --layers 2
     python scripts/compare_awq_smoothquant.py --model tiny --method awq --json out.json
 
 ``--model smollm2``: the embedded SmolLM2-135M-Instruct (fp32 on CPU), calibration = ``--n-samples`` windows of
@@ -28,7 +29,17 @@ from lcc.compressors import build  # noqa: E402
 from lcc.compressors.base import decoder_layers  # noqa: E402
 
 
-def load(model: str, n_samples: int, seqlen: int):
+def load(model: str, n_samples: int, seqlen: int, n_layers: int = 0):
+    """(model, calibration ids); ``n_layers`` > 0 keeps only the first n decoder blocks (real weights, fewer
+    blocks: the reference's clipping search takes minutes per SmolLM2 block on one CPU core)."""
+    m, calib = _load(model, n_samples, seqlen)
+    if n_layers:
+        m.model.layers = m.model.layers[:n_layers]
+        m.config.num_hidden_layers = n_layers
+    return m, calib
+
+
+def _load(model: str, n_samples: int, seqlen: int):
     if model == "tiny":
         from lcc.models import tiny_llama
         m = tiny_llama(n_layers=2, n_heads=4, n_kv_heads=4, seed=0).eval()
@@ -140,15 +151,16 @@ def main(argv=None) -> dict:
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--layers", type=int, default=0, help="keep only the first N decoder blocks (0: all)")
     p.add_argument("--json", help="also write the numbers here")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    res: dict = {"model": a.model, "n_samples": a.n_samples, "seqlen": a.seqlen}
+    res: dict = {"model": a.model, "n_samples": a.n_samples, "seqlen": a.seqlen, "layers": a.layers or "all"}
     if a.method in ("smoothquant", "both"):
-        m, calib = load(a.model, a.n_samples, a.seqlen)
+        m, calib = load(a.model, a.n_samples, a.seqlen, a.layers)
         res["smoothquant"] = compare_smoothquant(m, calib, a.alpha)
     if a.method in ("awq", "both"):
-        m, calib = load(a.model, a.n_samples, a.seqlen)
+        m, calib = load(a.model, a.n_samples, a.seqlen, a.layers)
         res["awq"] = compare_awq(m, calib, a.group_size)
     print(json.dumps(res, indent=1))
     if a.json:
