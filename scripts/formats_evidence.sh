@@ -30,5 +30,7 @@ if [ "$TASKS" = 1 ]; then
     "${common[@]}" hydra.sweep.dir="$out/tasks" || rc=1
   $PY scripts/results_tables.py "$out/tasks" "$out/kl" -o "$out/results_tables.md" || rc=1
 fi
-echo "[formats_evidence] exit $rc; tables: $out/kl/sensitivity.md${TASKS:+ $out/tasks/sensitivity.md}"
+tables="$out/kl/sensitivity.md"
+[ "$TASKS" = 1 ] && tables="$tables $out/tasks/sensitivity.md $out/results_tables.md"
+echo "[formats_evidence] exit $rc; tables: $tables"
 exit $rc
