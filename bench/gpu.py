@@ -83,7 +83,8 @@ ARCHS = {
 
 #: compressor -> target seconds on the 7B architecture with 128 x 2048 calibration tokens
 COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120,
-                    "fp8": 15, "fp8_block": 15, "mxfp4": 15, "mxfp8": 15, "nvfp4": 15}
+                    "fp8": 15, "fp8_block": 15, "mxfp4": 15, "mxfp8": 15, "nvfp4": 15,
+                    "awq": 120, "smoothquant": 120, "rotate": 15}
 RATIO_TARGET = 1.10
 MEM_TARGET_GIB = {"llama3_8b": 40.0}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -416,8 +417,9 @@ def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, p
         comp = compressors.build(spec)
         calibrated = comp.needs_calibration()
         layers = n_layers
-        if calibrated:
-            key = comp.stats.__name__
+        stats_cls = getattr(comp, "stats", None)  # None: calibrated without the engine (smoothquant: no floor)
+        if calibrated and stats_cls is not None:
+            key = stats_cls.__name__
             if key not in floors:
                 reinit_(model)
                 floors[key] = _floor_s(model, calib, comp.stats, dev, n_layers)
@@ -439,7 +441,7 @@ def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, p
                 comp = compressors.build({**spec, "targets": {"layers": [0, layers]}})
         t, info, status = _run_compress(model, comp, calib if calibrated else None, dev)
         full = t * n_layers / layers
-        floor = floors.get(comp.stats.__name__) if calibrated else None
+        floor = floors.get(stats_cls.__name__) if calibrated and stats_cls is not None else None
         rows.append(dict(compressor=name, level=comp.level(), arch=arch, status=status, seconds=t,
                          layers_timed=layers, n_layers=n_layers, full_s=full, peak_gib=peak_gib(dev),
                          calib=f"{calib_shape[0]}x{calib_shape[1]}" if calibrated else "-",

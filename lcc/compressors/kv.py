@@ -161,6 +161,9 @@ def make_attention(base: str):
         fn = _base_function(base, module)
         if spec is None:
             return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        rot = getattr(module, "_lcc_qk_rotation", None)  # rotate's online Hadamard: q·kᵀ unchanged, keys rotated
+        if rot is not None:
+            query, key = rot(query), rot(key)
         k_fp, v_fp = key, value
         if not spec.pre_rope:
             key = spec.quant_keys(key)
