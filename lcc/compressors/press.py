@@ -315,7 +315,8 @@ class Press(Compressor):
 
     def n_keep(self, seen: int, n: int, module=None) -> int:
         """Entries per head a layer keeps after ``seen`` tokens (cache now holds ``n``)."""
-        target = self.budget if self.budget is not None else int(seen * (1 - self.ratio))
+        # kvpress 0.5.5's compute_n_kept: int(n * (1 - ratio)), at least 1
+        target = self.budget if self.budget is not None else max(1, int(seen * (1 - self.ratio)))
         return max(0, min(n, target))
 
     def removes_nothing(self) -> bool:

@@ -57,6 +57,8 @@ class AdaKV(Press):
         if ctx.valid is not None:
             scores = scores.masked_fill(~ctx.valid, torch.finfo(scores.dtype).min)
         n_safe = int(m * self.alpha_safeguard)
+        if self.alpha_safeguard > 0:  # kvpress 0.5.5: at least one secured entry per head
+            n_safe = max(1, n_safe) if m > 0 else 0
         top = torch.topk(scores, n_safe, dim=-1).indices
         scores.scatter_(-1, top, torch.finfo(scores.dtype).max)
         n_pruned = kvh * (n - m)

@@ -13,4 +13,5 @@ class Knorm(ScorerPress):
     name = "knorm"
 
     def score(self, ctx: Ctx) -> torch.Tensor:
-        return -ctx.keys.norm(dim=-1)
+        # kvpress 0.5.5: the norm in at least float32 (bf16 norms tie distinct positions)
+        return -torch.linalg.vector_norm(ctx.keys, dim=-1, dtype=torch.promote_types(ctx.keys.dtype, torch.float32))

@@ -17,8 +17,8 @@ def layer_budget(ratio: float, window_size: int, beta: int, q_len: int, layer: i
         max_num = q_len - window_size
         min_num = (cap - window_size) * 2 - max_num
     if not (q_len >= max_num >= min_num >= window_size):
-        return round(q_len * (1 - ratio))
-    steps = (max_num - min_num) / (n_layers - 1)
+        return max(1, round(q_len * (1 - ratio)))  # the uniform (SnapKV) budget, at least 1
+    steps = (max_num - min_num) / (n_layers - 1) if n_layers > 1 else 0.0
     return round(max_num - layer * steps)
 
 

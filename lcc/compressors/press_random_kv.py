@@ -16,6 +16,6 @@ class RandomKV(ScorerPress):
     seed: int = param(0, "seed of the scores (the same at every layer and step, as kvpress)", ints(0, 2**31 - 1))
 
     def score(self, ctx: Ctx) -> torch.Tensor:
-        g = torch.Generator()
+        g = torch.Generator(device=ctx.keys.device)
         g.manual_seed(self.seed)
-        return torch.rand(*ctx.keys.shape[:-1], generator=g, dtype=ctx.keys.dtype).to(ctx.keys.device)
+        return torch.rand(*ctx.keys.shape[:-1], generator=g, device=ctx.keys.device, dtype=ctx.keys.dtype)
