@@ -182,6 +182,13 @@ def test_kl_job_ratio_zero_is_kl_zero_and_composes_with_kv(tmp_path):
     assert r5["summary"]["kl_mean"] > 1e-3 and r5["level"] == "r0.5"
     assert both["summary"]["kl_mean"] not in (r5["summary"]["kl_mean"], kv["summary"]["kl_mean"])
     assert json.loads((tmp_path / "b" / "result.json").read_text())["compress_info"]["press"] == "knorm"
+    # reduce: presses beside kv quantization at equal KV memory (table + figure)
+    from lcc.reduce import reduce
+    reduce(tmp_path)
+    t = pd.read_csv(tmp_path / "presses.csv")
+    assert set(t.family) == {"knorm", "kv quant (equal memory)"}
+    assert t[t.family.str.startswith("kv")].kv_saved.iloc[0] == pytest.approx(1 - 2.25 / 16, abs=1e-4)
+    assert (tmp_path / "plots" / "press_kl_vs_ratio.png").stat().st_size > 10_000
 
 
 def test_task_job_with_a_press(tmp_path):
@@ -193,3 +200,13 @@ def test_task_job_with_a_press(tmp_path):
     res0 = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.0"], tmp_path / "b"))
     rows0 = pd.read_parquet(tmp_path / "b" / "samples.parquet")
     assert (rows0.output_dense == rows0.output_compressed).all() and rows0.kl_answer.max() < 1e-6
+
+
+def test_press_cost_bench_runs_small():
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "press_cost.py"), "--small", "--presses",
+                          "snapkv,h2o"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| floor (no eviction) |" in out.stdout and "| h2o | r0.5 |" in out.stdout
