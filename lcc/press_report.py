@@ -85,11 +85,15 @@ def figures(sweep_dir: Path, t: pd.DataFrame) -> list[Path]:
                     d = cell[cell.family == f].sort_values("kv_saved")
                     if d.empty:
                         continue
-                    kv = f.startswith("kv")
+                    kv, qa = f.startswith("kv"), f.endswith("query-aware")
                     ax.errorbar(d.kv_saved, d.acc_compressed, yerr=_num(d, "acc_compressed_se"), label=f,
-                                color=colors[f], marker="s" if kv else "o", ls="none" if kv else "-", capsize=2)
+                                color=colors[f], marker="s" if kv else ("^" if qa else "o"),
+                                ls="none" if kv else ("--" if qa else "-"), capsize=2, alpha=0.85,
+                                ms=7 if qa else 5)
                 if len(cell):
-                    ax.axhline(cell.acc_dense.mean(), color="k", ls="--", lw=1, label="dense")
+                    ax.axhline(cell.acc_dense.mean(), color="k", ls=":", lw=1, label="dense")
+                else:
+                    ax.text(0.5, 0.5, "no jobs", ha="center", transform=ax.transAxes, color="0.5")
                 ax.set_title(f"{task}, ctx {ctx}")
                 ax.set_ylim(-0.05, 1.05)
                 ax.grid(alpha=0.3)
