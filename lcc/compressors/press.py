@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Valid, decoder_layers, fraction, ints, param
+from lcc.compressors.base import Compressor, Valid, ints, param
 
 PREFIX = "lcc_press_"
 #: queries per block when a press sums attention over every query (h2o)
