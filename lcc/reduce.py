@@ -246,6 +246,10 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     from lcc.tasks.report import report as task_report
     task_lines, task_files = task_report(sweep_dir, df, plots)
     lines += task_lines
+    from lcc.press_report import report as press_report  # KV eviction beside KV quantization (if any)
+    press_lines, press_files = press_report(sweep_dir, df, plots)
+    lines += press_lines
+    task_files += press_files
     bad = df[df.status != "ok"]
     if len(bad):
         lines += ["## Jobs without a result", ""]

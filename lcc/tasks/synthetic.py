@@ -67,6 +67,7 @@ class Sample:
     expected: list[str]             # strings that must all appear in the greedy output
     needle_pos: int                 # token index in the prompt where the (first queried) needle starts
     answer_text: str = ""
+    question_pos: int = -1          # where the question (the frame's tail) starts; -1: unknown
 
 
 class PromptBuilder:
@@ -185,6 +186,7 @@ class PromptBuilder:
             raise ConfigError(f"ctx.tokens={self.ctx} is too short for this task's prompt frame and needles "
                               f"({self.ctx - n_hay} tokens); valid: ctx >= {self.ctx - n_hay + MIN_HAYSTACK}")
         ids, starts = self.assemble(head, self.haystack(haystack, n_hay, rng), nids, tail)
+        self.question_pos = len(ids) - len(tail)  # a KV-cache press compresses the context before it
         assert len(ids) == self.ctx, (len(ids), self.ctx)
         return ids, starts, answer_ids
 
@@ -309,7 +311,8 @@ class SyntheticTask(Task):
                expected: list[str]) -> Sample:
         return Sample(depth=depth, index=index, prompt=torch.tensor(ids, dtype=torch.long),
                       answer=torch.tensor(answer, dtype=torch.long), expected=expected,
-                      needle_pos=needle_pos, answer_text=b.decode(answer))
+                      needle_pos=needle_pos, answer_text=b.decode(answer),
+                      question_pos=getattr(b, "question_pos", -1))
 
 
 def matches(text: str, expected: list[str]) -> bool:
