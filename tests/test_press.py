@@ -193,7 +193,7 @@ def test_kl_job_ratio_zero_is_kl_zero_and_composes_with_kv(tmp_path):
 
 def test_task_job_with_a_press(tmp_path):
     tiny = ["model=tiny", "logger=none", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
-            "task.max_new_tokens=4", "cache.enabled=false"]
+            "task.max_new_tokens=6", "cache.enabled=false"]
     res = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.9"], tmp_path / "a"))
     rows = pd.read_parquet(tmp_path / "a" / "samples.parquet")
     assert res["status"] == "ok" and len(rows) == 5 and rows.kl_answer.mean() > 0
