@@ -227,7 +227,7 @@ class AWQ(Calibrated):
         self._layers = layers
         self._todo: dict[int, set[str]] = {}
         for i in self.targets.layer_range(len(layers)):
-            check_llama_like(layers[i], "awq")
+            check_llama_like(layers[i], "awq", model)
             self._todo[i] = {n for n in lins if n.startswith(f"layers.{i}.")}
         self._inputs: dict[str, torch.Tensor] = {}
         self._attn_kw: dict[int, dict] = {}

@@ -36,7 +36,7 @@ from torch import nn
 
 from lcc import ConfigError
 from lcc.compressors.base import Compressor, Storage, decoder_layers, ints, param
-from lcc.compressors.structure import check_llama_like
+from lcc.compressors.structure import check_llama_like, model_name
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +199,18 @@ class Rotate(Compressor):
     def compress(self, model, calib=None):
         layers = decoder_layers(model)
         for layer in layers:
-            check_llama_like(layer, "rotate")
+            check_llama_like(layer, "rotate", model)
             for n in ("input_layernorm", "post_attention_layernorm"):
                 if not _norm_is_rms(getattr(layer, n)):
-                    raise ConfigError(f"rotate needs RMSNorm (weight * x / rms(x)); {n} is "
+                    raise ConfigError(f"{model_name(model)} is not supported by rotate: it needs RMSNorm "
+                                      f"(weight * x / rms(x)); {n} is "
                                       f"{type(getattr(layer, n)).__name__}")
         base = model.base_model
         final_norm = getattr(base, "norm", None)
         emb, head = model.get_input_embeddings(), model.get_output_embeddings()
         if final_norm is None or not _norm_is_rms(final_norm) or head is None:
-            raise ConfigError("rotate needs a final RMSNorm (base_model.norm) and an output head")
+            raise ConfigError(f"{model_name(model)} is not supported by rotate: it needs a final RMSNorm "
+                              f"(base_model.norm) and an output head")
         cfg = model.config
         d = emb.weight.shape[1]
         attn0 = layers[0].self_attn

@@ -119,7 +119,7 @@ class SmoothQuant(Compressor):
                               "valid: lm_head=false")
         groups = []  # (block index, NormGroup) whose Linears are all targeted
         for i in self.targets.layer_range(len(layers)):
-            check_llama_like(layers[i], "smoothquant")
+            check_llama_like(layers[i], "smoothquant", model)
             groups += [(i, g) for g in norm_groups(layers[i]) if all(f"layers.{i}.{n}" in lins for n in g.names)]
         leaders = {f"layers.{i}.{g.names[0]}": lins[f"layers.{i}.{g.names[0]}"] for i, g in groups}
         act_max = collect_act_max(model, calib, leaders)

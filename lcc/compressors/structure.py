@@ -37,18 +37,30 @@ def submodule(block: nn.Module, name: str) -> nn.Module | None:
     return obj
 
 
-def check_llama_like(block: nn.Module, who: str) -> None:
+def model_name(model: nn.Module | None) -> str:
+    """``LlamaForCausalLM (llama)``: how a refusal names the model."""
+    if model is None:
+        return "the model"
+    return f"{type(model).__name__} ({getattr(getattr(model, 'config', None), 'model_type', '?')})"
+
+
+def check_llama_like(block: nn.Module, who: str, model: nn.Module | None = None) -> None:
+    """Raise ConfigError (naming the model, ``who`` and the block class) unless ``block`` is Llama-like; it only
+    reads the block, so callers check every targeted block before changing any weight."""
     missing = [n for n in NEEDED if submodule(block, n) is None]
+    name = model_name(model)
     if missing:
-        raise ConfigError(f"{who} needs Llama-like decoder blocks (input_layernorm -> self_attn.q/k/v_proj, "
-                          f"post_attention_layernorm -> mlp.gate/up_proj -> down_proj); {type(block).__name__} "
-                          f"lacks {missing}")
+        raise ConfigError(f"{name} is not supported by {who}: it needs Llama-like decoder blocks (input_layernorm "
+                          f"-> self_attn.q/k/v_proj, post_attention_layernorm -> mlp.gate/up_proj -> down_proj); "
+                          f"{type(block).__name__} lacks {missing}")
     for n in ("input_layernorm", "post_attention_layernorm"):
         norm = submodule(block, n)
         if getattr(norm, "weight", None) is None:
-            raise ConfigError(f"{who}: {n} of {type(block).__name__} has no weight to fold a scale into")
+            raise ConfigError(f"{name} is not supported by {who}: {n} of {type(block).__name__} has no weight to "
+                              f"fold a scale into")
         if getattr(norm, "bias", None) is not None and not isinstance(norm, nn.LayerNorm):
-            raise ConfigError(f"{who}: {n} of {type(block).__name__} has an unexpected bias")
+            raise ConfigError(f"{name} is not supported by {who}: {n} of {type(block).__name__} has an unexpected "
+                              f"bias")
 
 
 def norm_groups(block: nn.Module) -> list[NormGroup]:
