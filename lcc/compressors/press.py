@@ -179,6 +179,46 @@ def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
 
 
 # ---- scoring helpers (shared by the presses) ----------------------------------------------------------------
+def _partial_rotary(module, cfg) -> float:
+    """The share of each head that RoPE rotates (1.0: all of it)."""
+    nd, d = getattr(module, "rotary_ndims", None), getattr(module, "head_dim", None)
+    if nd is not None and d:
+        return nd / d
+    rp = getattr(cfg, "rope_parameters", None)
+    f = rp.get("partial_rotary_factor") if isinstance(rp, dict) else None
+    return float(f if f is not None else getattr(cfg, "partial_rotary_factor", None) or 1.0)
+
+
+def query_problems(modules) -> list[str]:
+    """Why the queries of these attention modules cannot be recomputed by :func:`roped_queries` (empty: they
+    can): no separate ``q_proj`` (fused projections, MLA), a ``q_norm`` over all heads rather than per head
+    (OLMo2, OLMoE), partial rotary (StableLM, Phi), a rotary that is not Llama's ``rotate_half`` (interleaved:
+    Cohere; GPT-OSS) or none (OPT: learned positions)."""
+    out: dict[str, str] = {}
+    x = torch.arange(8.0).view(1, 8)
+    for m in modules:
+        cls = type(m).__name__
+        if cls in out:
+            continue
+        d = getattr(m, "head_dim", None)
+        cfg = getattr(m, "config", None)
+        rh = getattr(sys.modules.get(type(m).__module__), "rotate_half", None)
+        qn = getattr(m, "q_norm", None)
+        if not (hasattr(m, "q_proj") and hasattr(m, "k_proj")):
+            out[cls] = f"{cls} has no separate q_proj/k_proj (fused projection or low-rank attention)"
+        elif d is None:
+            out[cls] = f"{cls} has no head_dim"
+        elif qn is not None and getattr(qn, "weight", None) is not None and qn.weight.numel() != d:
+            out[cls] = f"{cls}'s q_norm normalizes all heads together ({qn.weight.numel()} features), not per head"
+        elif _partial_rotary(m, cfg) != 1.0:
+            out[cls] = f"{cls} rotates only part of each head (partial_rotary_factor={_partial_rotary(m, cfg):g})"
+        elif rh is None:
+            out[cls] = f"{cls} has no Llama-style rotary embedding (rotate_half) in {type(m).__module__}"
+        elif not torch.equal(rh(x), rotate_half(x)):
+            out[cls] = f"{cls}'s rotary pairs channels differently from Llama's rotate_half (interleaved)"
+    return list(out.values())
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
     return torch.cat((-x2, x1), dim=-1)
@@ -299,7 +339,24 @@ class Press(Compressor):
 
     @staticmethod
     def target_candidates(block):
-        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
+        """``targets.modules`` selects attention modules, found as ``kv`` finds them (separate k/v projections,
+        or a fused-projection ``...Attention`` module that hands its keys and values to the attention interface)."""
+        from lcc.compressors.kv import block_attention
+        return block_attention(block)
+
+    def check_targets(self, model) -> None:
+        """A press that recomputes queries (``uses_queries``) is refused, before anything is installed, on an
+        attention whose queries it cannot recompute as the model does."""
+        super().check_targets(model)
+        if not self.uses_queries:
+            return
+        bad = query_problems(attention_modules(model, self.targets).values())
+        if bad:
+            raise ConfigError(
+                f"{type(model).__name__} ({getattr(model.config, 'model_type', '?')}) is not supported by "
+                f"compressor {self.name}: it recomputes each attention's queries (q_proj, per-head q_norm, "
+                f"Llama's rotate_half RoPE over the whole head) to score entries, but {'; '.join(bad)}; valid: "
+                f"a press that reads no queries (streaming_llm, knorm, random_kv), or a Llama-like attention")
 
     def touched_linears(self, model):
         return {}  # no weight changes
@@ -327,7 +384,7 @@ class Press(Compressor):
         mods = attention_modules(model, self.targets)
         if not mods:
             raise ConfigError(f"{self.name}: targets {self.targets.patterns} / layers {self.targets.layers} select "
-                              f"no attention module (modules with k_proj and v_proj)")
+                              f"no attention module (modules with k_proj and v_proj, or ...Attention modules)")
         cfg = model.config
         base_impl = getattr(cfg, "_attn_implementation", None) or "eager"
         name = register_attention(base_impl) if not base_impl.startswith(PREFIX) else base_impl
@@ -420,6 +477,8 @@ class Press(Compressor):
         idx, new_valid = keep
         g = idx.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
         layer.keys = keys.gather(2, g).contiguous()
+        if values.shape[-1] != keys.shape[-1]:  # MLA (DeepSeek-V3): value head_dim differs from the keys'
+            g = idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])
         layer.values = values.gather(2, g).contiguous()
         for k, v in list(ctx.state.items()):  # per-entry state (h2o's sums) follows the kept entries
             if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[-1] == keys.shape[2]:

@@ -6,6 +6,7 @@ the entries, averaged over the query heads of each KV head, times ||v|| (``use_v
 entries are always kept. Query statistics only: no attention matrix."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -41,7 +42,11 @@ class ExpectedAttention(ScorerPress):
         mu = mu.squeeze(2)
         d = mod.head_dim
         pos = torch.arange(ctx.seen, ctx.seen + self.n_future_positions, device=mu.device).unsqueeze(0)
-        cos, sin = mod._lcc_rotary(mu, pos)
+        lt = getattr(mod, "layer_type", None)  # Gemma3: one rotary per layer type (sliding / full attention)
+        if lt is not None and "layer_type" in inspect.signature(mod._lcc_rotary.forward).parameters:
+            cos, sin = mod._lcc_rotary(mu, pos, lt)
+        else:
+            cos, sin = mod._lcc_rotary(mu, pos)
         cos, sin = cos[0], sin[0]
         eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
         P = torch.zeros((d, d), device=cos.device, dtype=cos.dtype)
