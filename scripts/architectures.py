@@ -1,4 +1,4 @@
-"""The support matrix: every compressor of lcc.archs.COMPRESSORS on a KL job and task=passkey (quant, kv) for
+"""The support matrix: every compressor of lcc.archs.COMPRESSORS and NEW_COMPRESSORS on a KL job and task=passkey (quant, kv) for
 every architecture of lcc.archs.ARCHS, each a real job (``lcc.archs.run_case``, the cases of
 tests/test_architectures.py), written as docs/architectures.md.
 
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lcc.archs import ARCHS, COMPRESSORS, TASK_CASES, run_case
+from lcc.archs import ARCHS, COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
 from lcc.coverage import short
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "architectures.md"))
     a = ap.parse_args(argv)
     logging.disable(logging.WARNING)
-    cols = [(c, "kl") for c in COMPRESSORS] + [(c, t) for t, c in TASK_CASES]
+    cols = [(c, "kl") for c in COMPRESSORS + NEW_COMPRESSORS] + [(c, t) for t, c in TASK_CASES]
     rows, notes, cover, failed = [], [], {}, 0
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,14 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         "KL job (ctx 128) and `task=passkey` (ctx 512, longer than the 64-token sliding windows) with `quant` and",
         "`kv`,",
         "each a real job. `ok`: it ran, and every weight of the attention, MLP, expert and shared-expert matrices",
-        "changed (`weights.coverage` in result.json; routers are off by default), or kv wrapped every attention;",
+        "changed (`weights.coverage` in result.json; routers are off by default), or kv / a KV-eviction press",
+        "wrapped and hooked every attention (presses read the KL text in chunks of 32 tokens, evicting between them);",
         "`refused`: stopped before compressing with a message naming the architecture. Coverage: share of each",
         "kind's parameters changed by `quant`.",
         "",
         "Refused before compressing, by design (tested in `tests/test_moe.py`): a fused experts module whose class",
         "is not a transformers `use_experts_implementation` class (its layout is unknown; the message names the",
         "model and the class), and `kv` with `pre_rope=true` on fused key projections (phi3, gpt_neox, falcon, gpt2;",
-        "the message names the attention class). MoE routers are compressed only when asked",
+        "the message names the attention class). smoothquant, awq and rotate fold scales or rotations into",
+        "Llama-like blocks (input_layernorm -> q/k/v_proj, post_attention_layernorm -> gate/up_proj; rotate also",
+        "needs plain RMSNorm) and refuse other blocks. The presses that score with recomputed queries (h2o, tova,",
+        "snapkv, pyramidkv, adakv, expected_attention) need a separate q_proj, per-head q_norm and Llama's",
+        "`rotate_half` RoPE over the whole head; streaming_llm, knorm and random_kv read only the cache and run",
+        "everywhere. MoE routers are compressed only when asked",
         "(`targets.modules=[router]`).",
         "",
         *head, *rows, "",

@@ -1,14 +1,14 @@
 """Conformance over the architectures of lcc/archs.py (tiny random models from transformers' config classes:
 dense, MoE, sliding window, fused projections, parallel residual, QK-norm, Conv1D): every compressor on a KL job
 and task=passkey with a weight compressor and with kv, each a real ``lcc.job.run``. Each runs with full coverage
-(every attention / MLP / expert weight changed; every attention wrapped by kv) or is refused before compressing
+(every attention / MLP / expert weight changed; every attention wrapped by kv or hooked by a press) or is refused before compressing
 with a message naming the architecture. ``scripts/architectures.py`` runs the same cases into
 docs/architectures.md."""
 from __future__ import annotations
 
 import pytest
 
-from lcc.archs import ARCHS, COMPRESSORS, TASK_CASES, run_case
+from lcc.archs import ARCHS, COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
 
 
 def test_the_matrix_covers_the_kinds_of_architecture():
@@ -28,3 +28,15 @@ def test_every_compressor_runs_with_full_coverage_or_is_refused(arch, tmp_path):
         if r["status"] == "failed":
             bad[f"{comp}/{task}"] = r["reason"][:300]
     assert not bad, bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_new_compressor_runs_with_full_coverage_or_is_refused(arch, tmp_path):
+    """The formats, smoothquant / awq / rotate and the KV-eviction presses (lcc.archs.NEW_COMPRESSORS) on a KL
+    job; presses read the text in chunks so their eviction runs between reads. Llama is supported by all."""
+    res = {c: run_case(arch, c, "kl", tmp_path / c) for c in NEW_COMPRESSORS}
+    bad = {c: r["reason"][:300] for c, r in res.items() if r["status"] == "failed"}
+    assert not bad, bad
+    if arch == "llama":
+        assert {c: r["status"] for c, r in res.items()} == {c: "ok" for c in NEW_COMPRESSORS}
