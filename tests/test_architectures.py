@@ -40,3 +40,34 @@ def test_every_new_compressor_runs_with_full_coverage_or_is_refused(arch, tmp_pa
     assert not bad, bad
     if arch == "llama":
         assert {c: r["status"] for c, r in res.items()} == {c: "ok" for c in NEW_COMPRESSORS}
+
+
+@pytest.mark.parametrize("comp", ["smoothquant", "awq", "rotate"])
+def test_llama_only_compressors_refuse_naming_the_model_before_changing_a_weight(comp):
+    import torch
+
+    from lcc import ConfigError
+    from lcc.archs import tiny_model
+    from lcc.compressors.base import build
+
+    model = tiny_model("olmo2")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    c = build({"name": comp})
+    with pytest.raises(ConfigError, match=r"Olmo2ForCausalLM \(olmo2\) is not supported by " + comp):
+        c.compress(model, torch.randint(0, 256, (2, 16)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_presses_find_fused_attention_and_refuse_queries_they_cannot_recompute():
+    from lcc import ConfigError
+    from lcc.archs import BASE, tiny_model
+    from lcc.compressors.base import build
+
+    phi3 = tiny_model("phi3")  # fused qkv_proj: the cache-only presses hook every attention
+    assert build({"name": "streaming_llm"}).compress(phi3)["n_attention"] == BASE["num_hidden_layers"]
+    for arch, why in (("phi3", "no separate q_proj"), ("stablelm", "partial_rotary_factor=0.25"),
+                      ("olmo2", "normalizes all heads together"), ("opt", "no Llama-style rotary"),
+                      ("cohere", "interleaved")):
+        with pytest.raises(ConfigError, match=why):
+            build({"name": "snapkv"}).check_targets(tiny_model(arch))
+    build({"name": "snapkv"}).check_targets(tiny_model("qwen3"))  # per-head q_norm, full RoPE: supported
