@@ -71,3 +71,17 @@ def test_presses_find_fused_attention_and_refuse_queries_they_cannot_recompute()
         with pytest.raises(ConfigError, match=why):
             build({"name": "snapkv"}).check_targets(tiny_model(arch))
     build({"name": "snapkv"}).check_targets(tiny_model("qwen3"))  # per-head q_norm, full RoPE: supported
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text"])
+def test_scale_folding_refuses_gemma_norms(arch):
+    """Gemma's RMSNorm computes x * (1 + weight), and Gemma2/3's post_attention_layernorm normalizes the attention
+    output: a scale folded into either would change the model, so smoothquant and awq refuse them."""
+    from lcc import ConfigError
+    from lcc.archs import tiny_model
+    from lcc.compressors.structure import check_llama_like
+
+    model = tiny_model(arch)
+    with pytest.raises(ConfigError, match=r"\(1 \+ weight\)"):
+        check_llama_like(model.model.layers[0], "awq", model)
+    check_llama_like(tiny_model("stablelm").model.layers[0], "awq")  # LayerNorm with bias: weight and bias scale

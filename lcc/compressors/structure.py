@@ -61,6 +61,32 @@ def check_llama_like(block: nn.Module, who: str, model: nn.Module | None = None)
         if getattr(norm, "bias", None) is not None and not isinstance(norm, nn.LayerNorm):
             raise ConfigError(f"{name} is not supported by {who}: {n} of {type(block).__name__} has an unexpected "
                               f"bias")
+        if not scales_with_weight(norm):
+            raise ConfigError(f"{name} is not supported by {who}: its {type(norm).__name__} ({n}) does not scale "
+                              f"its output with its weight (e.g. Gemma's x * (1 + weight)), so a scale cannot be "
+                              f"folded into it")
+    if submodule(block, "pre_feedforward_layernorm") is not None:
+        raise ConfigError(f"{name} is not supported by {who}: in {type(block).__name__} post_attention_layernorm "
+                          f"normalizes the attention output and pre_feedforward_layernorm feeds the MLP (Gemma2/3 "
+                          f"sandwich norms)")
+
+
+def scales_with_weight(norm: nn.Module) -> bool:
+    """Whether ``norm(x)`` doubles when its weight (and bias) double, checked on a copy (the model is untouched)."""
+    import copy
+
+    import torch
+
+    n = copy.deepcopy(norm).float()
+    x = torch.randn(3, n.weight.shape[-1], generator=torch.Generator().manual_seed(0)).to(n.weight.device)
+    with torch.no_grad():
+        if not n.weight.abs().sum() > 0:
+            n.weight.fill_(1.0)  # an all-zero weight (Gemma's init) would pass any test
+        y = n(x)
+        n.weight.mul_(2)
+        if getattr(n, "bias", None) is not None:
+            n.bias.mul_(2)
+        return bool(torch.allclose(n(x), 2 * y, rtol=1e-4, atol=1e-5))
 
 
 def norm_groups(block: nn.Module) -> list[NormGroup]:
