@@ -117,7 +117,9 @@ def _sample_frame(res: dict, which: str) -> pd.DataFrame:
     rows = []
     for tname, samples in (res.get("samples") or {}).items():
         for s in samples:
-            row = {"lm_task": tname, "doc_id": s.get("doc_id"), "filter": s.get("filter")}
+            row = {"lm_task": tname, "doc_id": s.get("doc_id"), "filter": s.get("filter"),
+                   # the model's outputs: generated text, or (log-likelihood, is_greedy) per choice, as JSON
+                   f"output_{which}": json.dumps(s.get("filtered_resps"), default=str)}
             for m in s.get("metrics", []):
                 v = s.get(m)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
