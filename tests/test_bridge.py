@@ -229,3 +229,21 @@ def test_gguf_types_and_compressed_tensors_checkpoints_of_smollm2(tmp_path):
         assert res["compress_info"]["changed_tensors"] > 200
     assert res["level"] == "ct compressed-tensors:w4g64" and res["cache"]["dense"] == "hit"
     assert 0 < kl["q8"] < 0.05 < kl["q4"] and kl["ct"] > 0.05, kl
+
+
+@pytest.mark.slow
+def test_longbench_v1_and_v2_through_the_bridge_on_local_standins(tiny_hf, tmp_path):
+    """LongBench (generation, QA F1) and LongBench v2 (multiple choice) through task=lm_eval, on local stand-ins in
+    the data sets' format whose YAMLs include lm-eval's own task files (the hub is not reachable here)."""
+    from lcc.tasks.bridge import make_standin
+
+    inc = make_standin(tmp_path / "inc", "longbench_hotpotqa", n_docs=3, words=300)
+    make_standin(inc, "longbench2", n_docs=3, words=300)
+    res = run(make_cfg(hf(tiny_hf, "task=lm_eval", "task.tasks=[longbench_hotpotqa_local,longbench2_local]",
+                          f"task.include_path={inc}", "task.limit=3", "ctx=1k", "compressor=quant",
+                          "compressor.bits=2", "compressor.group_size=32", "cache.enabled=false"), tmp_path / "job"))
+    got = {(r["lm_task"], r["metric"]) for r in res["lm_eval"]}
+    assert {("longbench_hotpotqa_local", "qa_f1_score,none"), ("longbench2_local", "acc,none")} <= got
+    s = pd.read_parquet(tmp_path / "job" / "samples.parquet")
+    assert len(s) == 6 and s.output_dense.notna().all()
+    assert "ruler" not in res

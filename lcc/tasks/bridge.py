@@ -253,3 +253,62 @@ def dense_results(store, inputs: dict, compute) -> tuple[dict, float, str, str]:
     if hit:
         log.info("dense lm-eval results from the cache (%s)", store.path(key))
     return res, float(meta["facts"]["dense_eval_s"]), "hit" if hit else "miss", key
+
+
+# ---- local stand-ins of hub long-context benchmarks ------------------------------------------------------
+STANDINS = {"longbench_hotpotqa": "longbench/hotpotqa.yaml", "longbench2": "longbench2/_longbench_common_yaml"}
+
+
+def make_standin(folder: str | Path, bench: str = "longbench_hotpotqa", n_docs: int = 20, words: int = 600,
+                 seed: int = 0) -> Path:
+    """A small offline stand-in of a hub benchmark in the data set's own format: a JSONL file of documents
+    with LongBench's fields (``context``, ``question``, ``answers``; LongBench v2: ``choices``, ``answer``) and a
+    task YAML that ``include``s lm-eval's own task file (its prompt, metric and generation settings) with
+    ``dataset_path: json`` pointing at the JSONL. Each context is ``words`` words of CPython's docs with one
+    planted fact the question asks for. Task name: ``<bench>_local``. Returns the folder (task.include_path)."""
+    import random
+
+    import lm_eval
+    import pydoc_data.topics as topics
+
+    if bench not in STANDINS:
+        raise ValueError(f"bench={bench!r}; valid: {', '.join(STANDINS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    text = " ".join(" ".join(topics.topics[k] for k in sorted(topics.topics)).split()).split(" ")
+    names = sorted({w.strip(".,:;()") for w in text if w.isalpha() and w.islower() and 5 <= len(w) <= 9})
+    docs = []
+    for i in range(n_docs):
+        start = rng.randrange(len(text) - words)
+        ctx = text[start:start + words]
+        key, value = rng.choice(names), str(rng.randrange(10000, 99999))
+        fact = f"The registration number of the {key} module is {value}."
+        at = rng.randrange(len(ctx))
+        context = " ".join(ctx[:at] + [fact] + ctx[at:])
+        question = f"What is the registration number of the {key} module?"
+        doc = {"_id": f"{bench}-{i}", "context": context, "question": question, "input": question,
+               "answers": [value], "length": len(ctx) + 10, "dataset": bench, "language": "en", "all_classes": None}
+        if bench == "longbench2":
+            wrong = [str(rng.randrange(10000, 99999)) for _ in range(3)]
+            pos = rng.randrange(4)
+            choices = wrong[:pos] + [value] + wrong[pos:]
+            doc.update(choices=choices, answer="ABCD"[pos], domain="stand-in", sub_domain="stand-in",
+                       difficulty="easy")
+        docs.append(doc)
+    jsonl = (folder / f"{bench}_local.jsonl").resolve()
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    base = Path(lm_eval.__file__).parent / "tasks" / STANDINS[bench]
+    split = "train" if bench == "longbench2" else "test"
+    (folder / f"{bench}_local.yaml").write_text(
+        f"include: {base}\ntask: {bench}_local\ntag: []\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    {split}: {jsonl}\n")
+    return folder
+
+
+if __name__ == "__main__":  # python -m lcc.tasks.bridge standin DIR [BENCH]
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "standin":
+        sys.exit(f"usage: python -m lcc.tasks.bridge standin DIR [{'|'.join(STANDINS)}]")
+    print(make_standin(sys.argv[2], *(sys.argv[3:4] or [])))
