@@ -55,6 +55,7 @@ def hf(d: Path, *extra: str) -> list[str]:
     (["ctx=1k", "task.metadata={max_seq_lengths:[abc]}"], r"task.metadata.max_seq_lengths=\['abc'\] is invalid"),
     (["ctx=1k", "task.tasks=[niah_single_9]"], r"unknown lm-eval task\(s\) \['niah_single_9'\].*niah_single_1"),
     (["ctx=1k", "task.metadata=5"], r"task.metadata=5 is invalid"),
+    (["ctx=1k", "task.tasks=[niah_single_1,ruler_cwe]"], r"\['ruler_cwe'\] cannot be compared dense vs compressed"),
 ])
 def test_ruler_bad_inputs_fail_before_launch(over, msg):
     with pytest.raises(ConfigError, match=msg):
