@@ -54,6 +54,26 @@ ARCHS = {
                       rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
                                        "rope_theta": 500000.0}),
+    # allenai/OLMoE-1B-7B-0924 shapes: 16 blocks of 64 experts (top-8, 1024 wide), QK-norm; fused 3-D experts
+    "olmoe_1b_7b": dict(model_type="olmoe", vocab_size=50304, hidden_size=2048, num_hidden_layers=16,
+                        num_attention_heads=16, num_key_value_heads=16, intermediate_size=1024, num_experts=64,
+                        num_experts_per_tok=8, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                        tie_word_embeddings=False),
+    # Qwen/Qwen3-30B-A3B shapes, 2 of its 48 blocks (128 experts, top-8, 768 wide; GQA 32/4, head_dim 128):
+    # the per-block time of the compress section (x48 for the model; the whole model does not fit beside the
+    # calibration activations on one 80 GB GPU in bf16)
+    "qwen3_30b_a3b_2blocks": dict(model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=2,
+                                  num_attention_heads=32, num_key_value_heads=4, head_dim=128, intermediate_size=6144,
+                                  moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                                  max_position_embeddings=40960, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    # a CPU-sized MoE (OLMoE layout: 4 blocks of 16 experts, top-4, 512 wide): the MoE times of docs/benchmarks.md
+    "moe_cpu": dict(model_type="olmoe", vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=8, intermediate_size=512, num_experts=16, num_experts_per_tok=4,
+                    max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False),
+    # --small MoE: seconds on a CPU (OLMoE layout, 8 experts)
+    "tiny_moe": dict(model_type="olmoe", vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=128, num_experts=8, num_experts_per_tok=2,
+                     max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False),
     # --small: seconds on a CPU
     "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096,
@@ -62,7 +82,9 @@ ARCHS = {
 }
 
 #: compressor -> target seconds on the 7B architecture with 128 x 2048 calibration tokens
-COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120}
+COMPRESS_TARGETS = {"quant": 15, "magnitude": 15, "wanda": 15, "sparsegpt": 60, "gptq": 120, "gptq_act": 120,
+                    "fp8": 15, "fp8_block": 15, "mxfp4": 15, "mxfp8": 15, "nvfp4": 15,
+                    "awq": 120, "smoothquant": 120, "rotate": 15}
 RATIO_TARGET = 1.10
 MEM_TARGET_GIB = {"llama3_8b": 40.0}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -103,21 +125,24 @@ def timed(fn, dev: torch.device, reps: int, warmup: int = 1) -> tuple[float, lis
 
 
 def build_model(arch: str, dev: torch.device, dtype: torch.dtype, attn: str = "sdpa"):
-    """Random-initialised LlamaForCausalLM of ``arch``, built directly on ``dev`` in ``dtype``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Random-initialised LlamaForCausalLM of ``arch`` (or the ``model_type`` it names: MoE), built directly on
+    ``dev`` in ``dtype``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**ARCHS[arch])
+    spec = dict(ARCHS[arch])
+    mtype = spec.pop("model_type", None)
+    cfg = AutoConfig.for_model(mtype, **spec) if mtype else LlamaConfig(**spec)
     cfg._attn_implementation = attn
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         torch.manual_seed(0)
         with torch.device(dev):
-            model = LlamaForCausalLM(cfg)
+            model = AutoModelForCausalLM.from_config(cfg) if mtype else LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(old)
     model.eval().requires_grad_(False)
-    if arch == "tiny":  # peaked outputs, as lcc.models.tiny_llama
+    if arch.startswith("tiny"):  # peaked outputs, as lcc.models.tiny_llama
         with torch.no_grad():
             model.lm_head.weight.mul_(8.0)
     return model
@@ -326,6 +351,13 @@ COMPRESS_SPECS = {
     "sparsegpt": {"name": "sparsegpt"},
     "gptq": {"name": "gptq"},
     "gptq_act": {"name": "gptq", "act_order": True},
+    # issue 19's data-free formats, weights only (activation hooks cost nothing at compress time and would stay on
+    # the model for the next row): --compressors fp8,fp8_block,mxfp4,mxfp8,nvfp4
+    "fp8": {"name": "fp8", "acts": "none"},
+    "fp8_block": {"name": "fp8", "weights": "block", "acts": "none"},
+    "mxfp4": {"name": "mxfp4"},
+    "mxfp8": {"name": "mxfp8"},
+    "nvfp4": {"name": "nvfp4"},
 }
 
 
@@ -385,8 +417,9 @@ def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, p
         comp = compressors.build(spec)
         calibrated = comp.needs_calibration()
         layers = n_layers
-        if calibrated:
-            key = comp.stats.__name__
+        stats_cls = getattr(comp, "stats", None)  # None: calibrated without the engine (smoothquant: no floor)
+        if calibrated and stats_cls is not None:
+            key = stats_cls.__name__
             if key not in floors:
                 reinit_(model)
                 floors[key] = _floor_s(model, calib, comp.stats, dev, n_layers)
@@ -408,7 +441,7 @@ def section_compress(model, dev, names, rows, arch, calib_shape, calib_layers, p
                 comp = compressors.build({**spec, "targets": {"layers": [0, layers]}})
         t, info, status = _run_compress(model, comp, calib if calibrated else None, dev)
         full = t * n_layers / layers
-        floor = floors.get(comp.stats.__name__) if calibrated else None
+        floor = floors.get(stats_cls.__name__) if calibrated and stats_cls is not None else None
         rows.append(dict(compressor=name, level=comp.level(), arch=arch, status=status, seconds=t,
                          layers_timed=layers, n_layers=n_layers, full_s=full, peak_gib=peak_gib(dev),
                          calib=f"{calib_shape[0]}x{calib_shape[1]}" if calibrated else "-",

@@ -84,6 +84,9 @@ def sweep_scope(sweep_dir: Path) -> tuple[list[int], str]:
     """Context lengths and W&B group of a sweep dir (from its result files, as lcc.reduce reads them)."""
     from lcc.reduce import collect
 
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"lcc.dashboard: --sweep {sweep_dir}: no such folder" if not sweep_dir.exists()
+                         else f"lcc.dashboard: --sweep {sweep_dir} is a file, not a sweep folder")
     df = collect(sweep_dir)
     ok = df[df.status == "ok"]
     if ok.empty:
@@ -107,9 +110,13 @@ def parse_ctx(s: str) -> list[int]:
     for part in s.split(","):
         part = part.strip().lower()
         try:
-            out.append(int(part[:-1]) * 1024 if part.endswith("k") else int(part))
+            n = int(part[:-1]) * 1024 if part.endswith("k") else int(part)
         except ValueError:
-            raise SystemExit(f"lcc.dashboard: --ctx {s!r}: {part!r} is not a context length; valid: e.g. 1k,2k,8192")
+            n = 0
+        if n < 1:
+            raise SystemExit(f"lcc.dashboard: --ctx {s!r}: {part!r} is not a context length; valid: positive "
+                             f"lengths, e.g. 1k,2k,8192")
+        out.append(n)
     return out
 
 

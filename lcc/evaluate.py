@@ -28,6 +28,13 @@ def final_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return out.last_hidden_state[0]
 
 
+def compressed_hidden(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The compressed side's final hidden states: one forward, or with a KV-cache press installed
+    (``lcc/compressors/press.py``), the text read in chunks through a cache the press compresses."""
+    press = getattr(model, "_lcc_press", None)
+    return press.read(model, ids) if press is not None else final_hidden(model, ids)
+
+
 def logits_fn(model: nn.Module, weight: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden -> logits through the model's output head (optionally with a saved dense weight),
     including final-logit soft-capping where the architecture has it (Gemma 2)."""
@@ -105,7 +112,7 @@ def compressed_pass(model: nn.Module, windows: torch.Tensor, dense_hidden: list[
                       leave=False):
         sync(dev)
         t0 = time.perf_counter()
-        hq = final_hidden(model, w)
+        hq = compressed_hidden(model, w)
         hp = _to_device_overlapped(hp, hq.device, side)  # copies while the forward runs
         sync(dev)
         t1 = time.perf_counter()

@@ -93,8 +93,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
+    """The parsed file; a file nested too deeply to parse raises ValueError (not RecursionError) like any
+    other malformed JSON."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 def write_parquet(path: str | Path, df) -> Path:

@@ -23,6 +23,7 @@ import lcc
 from lcc import ConfigError, compressors, evaluate, tasks
 from lcc.cache import CompressedCache, Compression, DenseCache, DenseReference, settings
 from lcc.compressors.base import weight_fingerprint
+from lcc.coverage import coverage, unchanged_problem
 from lcc.io import file_records, files_problem, read_json, write_json, write_parquet, write_safetensors
 from lcc.metrics import position_table, summarize
 from lcc.metrics.registry import log_line
@@ -67,14 +68,26 @@ def completed(out: Path, chash: str) -> dict | None:
 
 
 def _set_aside_stale(out: Path) -> None:
-    """A result from another config must not look like this run's, and must not be lost either."""
+    """A result from another config must not look like this run's, and must not be lost either: result.json
+    becomes ``result.stale-<hash>-<time>.json`` and the files it lists move, under their own names, into
+    ``stale-<hash>-<time>/``, so this run cannot overwrite them and the stale record still verifies
+    (``lcc.io.files_problem(out / "stale-<hash>-<time>", <its result>)``)."""
     old = out / "result.json"
     if old.exists():
+        files: list = []
         try:
-            tag = read_json(old).get("config_hash") or "unknown"
+            res = read_json(old)
+            tag = (res.get("config_hash") if isinstance(res, dict) else None) or "unknown"
+            files = res.get("files") if isinstance(res, dict) and isinstance(res.get("files"), list) else []
         except (OSError, ValueError):
             tag = "unreadable"
-        old.rename(out / f"result.stale-{tag}-{int(time.time())}.json")
+        stamp = f"{tag}-{int(time.time())}"
+        keep = [f for f in files if isinstance(f, str) and f and Path(f).name == f and (out / f).is_file()]
+        if keep:
+            (out / f"stale-{stamp}").mkdir(exist_ok=True)
+            for f in keep:
+                (out / f).rename(out / f"stale-{stamp}" / f)
+        old.rename(out / f"result.stale-{stamp}.json")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -199,12 +212,17 @@ def compress_step(comp: compressors.Compressor, model, calib: torch.Tensor | Non
         info = comp.compress(model, calib if comp.needs_calibration() else None) or {}
         return info, time.perf_counter() - t
     result = cache.get_or_compute(compute) if cache else Compression(*compute(), status=uncached)
-    changed = sum(weight_fingerprint(m) != before[n] for n, m in lins.items())
+    changed_names = {n for n, m in lins.items() if weight_fingerprint(m) != before[n]}
+    changed = len(changed_names)
     if comp.uses_targets and changed == 0 and not comp.acts_at_runtime():
         raise ConfigError(f"compressor {comp.name} ({comp.level()}) changed no weight of its {len(lins)} targeted "
                           f"Linear layers: the model is still the dense one. Use compressor=none for the dense "
                           f"baseline, or a level that compresses")
-    result.weights = {"targeted_linears": len(lins), "changed_linears": changed}
+    if comp.uses_targets and comp.changes_weights() and changed < len(lins):
+        raise ConfigError(unchanged_problem(comp.name, comp.level(), [n for n in lins if n not in changed_names],
+                                            len(lins)))
+    result.weights = {"targeted_linears": len(lins), "changed_linears": changed,
+                      "coverage": coverage(model, lins, changed_names)}
     return result
 
 

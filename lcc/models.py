@@ -136,6 +136,12 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
                            max_position_embeddings=cfg.max_position_embeddings, seed=cfg.seed, dtype=dtype,
                            attn_implementation=cfg.attn_implementation)
         tok = ByteTokenizer()
+    elif kind == "tiny_arch":  # a tiny random model of another architecture (lcc/archs.py), byte tokenizer
+        from lcc.archs import tiny_model
+
+        model = tiny_model(cfg.arch, vocab_size=256, seed=cfg.seed, attn_implementation=cfg.get("attn_implementation"),
+                           max_position_embeddings=cfg.max_position_embeddings).to(dtype)
+        tok = ByteTokenizer()
     elif kind == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -155,7 +161,7 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kw)
     else:
-        raise ConfigError(f"model.kind={kind!r} is invalid; valid choices: gguf, tiny, hf")
+        raise ConfigError(f"model.kind={kind!r} is invalid; valid choices: gguf, tiny, tiny_arch, hf")
     if not getattr(model, "hf_device_map", None):
         model.to(device)
     model.eval()

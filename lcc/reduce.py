@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lcc.coverage import short as coverage_cell
 from lcc.io import atomic_write, read_json
 from lcc.names import SUMMARY_COLS, TABLES, ctx_label
 
@@ -72,19 +73,10 @@ def flat_config(cfg: dict, prefix: str = "") -> dict:
 
 
 def _result_problem(res: object) -> str | None:
-    """Why a result.json is not a result lcc wrote (None if it is)."""
-    if not isinstance(res, dict):
-        return f"not a JSON object but {type(res).__name__}"
-    if res.get("status") != "ok":
-        return None
-    task = res.get("task", "kl")
-    body = ("curve", list) if task == "kl" else ("lm_eval" if task == "lm_eval" else "by_depth", list)
-    for key, typ in (("config", dict), ("summary", dict), body, ("level", str), ("compressor", str)):
-        if not isinstance(res.get(key), typ):
-            return f"{key!r} is missing or not a {typ.__name__}"
-    if not isinstance(res.get("ctx"), int) or isinstance(res.get("ctx"), bool):
-        return "'ctx' is missing or not an integer"
-    return None
+    """Why a result.json is not a result lcc wrote (None if it is): ``lcc.result_schema``, the one check of
+    every field reduce reads."""
+    from lcc.result_schema import problem
+    return problem(res)
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
@@ -125,6 +117,8 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         row.update({k: summary.get(k) for k in SUMMARY_COLS})
         timings = res.get("timings") if isinstance(res.get("timings"), dict) else {}
         row.update({f"time_{k}": v for k, v in timings.items()})
+        weights = res.get("weights") if isinstance(res.get("weights"), dict) else {}
+        row["coverage"] = coverage_cell(weights.get("coverage"))  # changed share per module kind (lcc/coverage.py)
     if not rows:
         return pd.DataFrame(columns=["job", "status"])
     return pd.DataFrame(list(rows.values()))
@@ -245,9 +239,17 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     tables = sensitivity_tables(df)
     for name, t in tables.items():
         lines += [f"## {name}", "", t.reset_index().to_markdown(index=False), ""]
+    done = df[df.status == "ok"]
+    if "coverage" in done and done.coverage.fillna("").astype(bool).any():  # what each level compressed
+        cov = done[["model", "compressor", "level", "coverage"]].fillna("").drop_duplicates()
+        lines += ["## Coverage (share of each kind's parameters changed)", "", cov.to_markdown(index=False), ""]
     from lcc.tasks.report import report as task_report
     task_lines, task_files = task_report(sweep_dir, df, plots)
     lines += task_lines
+    from lcc.press_report import report as press_report  # KV eviction beside KV quantization (if any)
+    press_lines, press_files = press_report(sweep_dir, df, plots)
+    lines += press_lines
+    task_files += press_files
     bad = df[df.status != "ok"]
     if len(bad):
         lines += ["## Jobs without a result", ""]
@@ -255,7 +257,8 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
         lines += [bad[cols].fillna("").to_markdown(index=False), ""]
     text = "\n".join(lines)
     ok_rows = table_rows(ok)[0] if len(ok) else ok
-    cols = [c for c in ["job", "model", "data", "compressor", "level", *keys, "ctx"] + SUMMARY_COLS if c in ok_rows]
+    cols = [c for c in ["job", "model", "data", "compressor", "level", *keys, "ctx"] + SUMMARY_COLS + ["coverage"]
+            if c in ok_rows]
     atomic_write(sweep_dir / "sensitivity.csv", lambda tmp: ok_rows[cols].to_csv(tmp, index=False))
     atomic_write(sweep_dir / "sensitivity.md", lambda tmp: Path(tmp).write_text(text + "\n"))
     files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]

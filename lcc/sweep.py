@@ -25,6 +25,21 @@ def job_subdir(override_dirname: str, num: int) -> str:
     return name
 
 
+def folder_collisions(jobs: list[dict]) -> list[str]:
+    """Jobs of one launch that would share a folder though their configs differ (``{"num", "overrides", "dir",
+    "config_hash"}`` each): ``job_subdir`` writes ``/`` as ``_``, so ``data.paths=/d/a.txt`` and ``/d_a.txt``
+    name the same folder, where one job's result would overwrite the other's. One line per shared folder."""
+    by_dir: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_dir.setdefault(j["dir"], []).append(j)
+    out = []
+    for d, js in by_dir.items():
+        if len({j["config_hash"] for j in js}) > 1:
+            which = "; ".join(f"job {j['num']} [{' '.join(j['overrides'])}]" for j in js)
+            out.append(f"  folder {d!r} would be shared by jobs with different configs: {which}")
+    return out
+
+
 if not OmegaConf.has_resolver("lcc_subdir"):
     OmegaConf.register_new_resolver("lcc_subdir", lambda d, n: job_subdir(str(d), int(n)))
 if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: lcc.validate.VOLATILE_KEYS

@@ -34,7 +34,7 @@ from lcc import ConfigError
 VOLATILE_KEYS = ("output_dir", "logger", "resume", "cache")
 
 DEVICES = "auto, cpu, cuda, cuda:<N>"
-MODEL_KINDS = ("gguf", "tiny", "hf")
+MODEL_KINDS = ("gguf", "tiny", "tiny_arch", "hf")
 DATA_KINDS = ("pydoc", "hf", "text")
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online")
@@ -50,6 +50,8 @@ _LOGGER_KEYS = {"none": ("kind",), "wandb": ("kind", "project", "entity", "mode"
 _MODEL_KEYS = {"gguf": ("name", "kind", "package", "max_context"),
                "tiny": ("name", "kind", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
                         "max_position_embeddings", "max_context", "seed", "attn_implementation"),
+               "tiny_arch": ("name", "kind", "arch", "seed", "max_position_embeddings", "max_context",
+                             "attn_implementation"),
                "hf": ("name", "kind", "name_or_path", "attn_implementation", "trust_remote_code", "device_map",
                       "max_context")}
 _DATA_KEYS = {"pydoc": ("name", "kind", "add_bos"),
@@ -207,6 +209,18 @@ def text_file_problem(path: str, decode_errors: str = "strict") -> str | None:
     return problem
 
 
+def blank_file(path: str) -> bool:
+    """True if the file is empty or holds only whitespace (read until the first other byte)."""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 16):
+                if chunk.strip():
+                    return False
+    except OSError:
+        return False  # text_file_problem names it
+    return True
+
+
 def text_files(paths: Any, key: str = "data.paths") -> tuple[list[str], list[str]]:
     """(files, problems) of a ``paths`` setting: every pattern must match at least one entry, and every match
     must be a regular file (a glob's matches that are folders are named, not skipped silently)."""
@@ -264,6 +278,13 @@ def _model(p: Problems, m: dict) -> None:
                 p.bad("model.n_heads", nh, f"a divisor of model.hidden_size ({h})")
             elif nh % nkv:
                 p.bad("model.n_kv_heads", nkv, f"a divisor of model.n_heads ({nh})")
+    elif kind == "tiny_arch":
+        from lcc.archs import ARCHS
+
+        _choice(p, m, pre, "arch", tuple(ARCHS))
+        _int(p, m, pre, "seed", 0, MAX_SEED)
+        _int(p, m, pre, "max_position_embeddings", 1)
+        _choice(p, m, pre, "attn_implementation", ATTN_IMPLEMENTATIONS, optional=True)
     else:
         name = m.get("name_or_path")
         if not isinstance(name, str) or not name:
@@ -316,6 +337,9 @@ def _data(p: Problems, d: dict, prefix: str) -> None:
                 if (why := text_file_problem(f, errors)):
                     p.append(f"{prefix}paths: {why}; valid: UTF-8 text files (or {prefix}decode_errors=replace "
                              f"to read them with replacement characters)")
+        if files and all(blank_file(f) for f in files):
+            p.append(f"{prefix}paths: {files[:3]} hold{'s' if len(files) == 1 else ''} no text (empty or whitespace "
+                     f"only); valid: text files with some text")
 
 
 def _compressor(p: Problems, c: dict) -> None:

@@ -232,7 +232,7 @@ def test_a_new_task_metric_is_one_registry_entry(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(src)}
     sweep = tmp_path / "sweep"
     p = subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=512", "logger=none",
-                        "task=passkey", "++task.n_samples=2", "++task.max_new_tokens=4", "compressor=quant",
+                        "task=passkey", "++task.n_samples=2", "++task.max_new_tokens=6", "compressor=quant",
                         "compressor.bits=3,4", "cache.enabled=false", f"hydra.sweep.dir={sweep}"],
                        cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

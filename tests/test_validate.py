@@ -214,7 +214,11 @@ def test_a_compressor_that_changes_no_weight_fails(tmp_path, overrides):
 
 def test_changed_weights_are_recorded_and_runtime_compressors_pass(tmp_path):
     res = run(make_cfg([*TINY, "compressor=quant", "compressor.targets.modules=[mlp.down_proj]"], tmp_path / "q"))
+    cov = res["weights"].pop("coverage")
     assert res["weights"] == {"targeted_linears": 2, "changed_linears": 2}
+    # by kind: only the two down projections (64 x 128 each in the tiny model) are targeted and changed
+    assert cov["mlp"]["targeted"] == cov["mlp"]["changed"] == 2 * 64 * 128 < cov["mlp"]["params"]
+    assert cov["attention"]["targeted"] == 0 and cov["attention"]["params"] > 0
     kv = run(make_cfg([*TINY, "compressor=kv"], tmp_path / "kv"))  # acts in attention: weights unchanged is right
     assert kv["status"] == "ok" and kv["weights"]["changed_linears"] == 0 and kv["summary"]["kl_mean"] > 0
 

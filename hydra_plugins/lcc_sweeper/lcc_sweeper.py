@@ -111,11 +111,11 @@ class LccSweeper(Sweeper):
         jobs = self.jobs(arguments)
         size = self.max_batch_size or max(len(jobs), 1)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.validate_batch_is_legal(jobs)  # every job of every batch, before the first batch launches
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # after it: a refused sweep leaves no folder behind
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: List[Sequence[JobReturn]] = []
         launched = False
-        self.validate_batch_is_legal(jobs)  # every job of every batch, before the first batch launches
         try:
             for start in range(0, len(jobs), size):
                 batch = jobs[start:start + size]
@@ -149,11 +149,13 @@ class LccSweeper(Sweeper):
         import lcc.sweep  # noqa: F401  (registers the lcc_subdir resolver)
         from lcc import ConfigError
         from lcc.io import read_json, write_json
+        from lcc.job import config_hash
+        from lcc.sweep import folder_collisions
         from lcc.validate import problems
 
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
-        errors, jobs = [], []
+        errors, jobs, hashes = [], [], []
         for i, overrides in enumerate(batch):
             cfg = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             num = self._n_validated + i
@@ -167,9 +169,17 @@ class LccSweeper(Sweeper):
                 errors.append(f"  job {num} [{' '.join(overrides)}]:\n" + "\n".join(f"    - {x}" for x in found))
             subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
             jobs.append({"num": num, "overrides": list(overrides), "dir": subdir})
+            if not found:  # folder names must be one-to-one with configs (lcc.sweep.folder_collisions)
+                keep = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+                hashes.append(config_hash(OmegaConf.to_container(keep, resolve=True)))
         if errors:
             raise ConfigError(f"{len(errors)} of {len(batch)} jobs have invalid configs; nothing was launched:\n"
                               + "\n".join(errors))
+        shared = folder_collisions([{**j, "config_hash": h} for j, h in zip(jobs, hashes)])
+        if shared:
+            raise ConfigError(f"{len(shared)} job folder(s) would hold jobs with different configs (folder names "
+                              f"write '/' as '_'); nothing was launched. Rename the files or folders so that the "
+                              f"values differ in more than '/' versus '_':\n" + "\n".join(shared))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         manifest = sweep_dir / "lcc_jobs.json"
         # Earlier launches into the same sweep dir (a resumed or extended sweep) stay listed.

@@ -20,7 +20,8 @@ def describe() -> str:
             text = f.metadata.get("doc", "") + (f" [valid: {valid.text}]" if valid else "")
             lines.append(f"    {f.name} = {default!r}: {text}")
         if cls.uses_targets:
-            lines.append("    targets: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+            lines.append("    targets: modules (globs, or attn / mlp / experts / shared_experts / router), layers "
+                         "[start, stop), lm_head")
         lines.append("")
     return "\n".join(lines)
 

@@ -149,7 +149,8 @@ class Targets:
     lm_head: bool = False
 
     SHORTHANDS: ClassVar[dict[str, list[str]]] = {"attn": ["*attn*", "*attention*"],
-                                                  "mlp": ["*mlp*", "*feed_forward*", "*ffn*"]}
+                                                  "mlp": ["*mlp*", "*feed_forward*", "*ffn*"],
+                                                  "experts": [], "shared_experts": [], "router": []}
 
     KEYS: ClassVar[tuple[str, ...]] = ("modules", "layers", "lm_head")
 
@@ -198,9 +199,22 @@ class Targets:
         start, stop = (x if x >= 0 else n_layers + x for x in self.layers)
         return range(max(0, start), min(n_layers, stop))
 
+    def selects(self, name: str, kind: str | None = None) -> bool:
+        """Whether an entry selects the matrix ``name`` (inside a block) of ``kind`` (``layers.KINDS``): by a glob,
+        or by a shorthand's kinds (``mlp`` also selects experts). A router only by ``router`` or its exact name."""
+        from lcc.compressors.layers import KIND_SHORTHANDS
+
+        if kind == "router":
+            return any(e == "router" or e == name for e in self.entries)
+        return any(fnmatch.fnmatch(name, p) for p in self.patterns) or (
+            kind is not None and any(kind in KIND_SHORTHANDS.get(e, ()) for e in self.entries))
+
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
-        return {n: m for n, m in block.named_modules()
-                if isinstance(m, nn.Linear) and any(fnmatch.fnmatch(n, p) for p in self.patterns)}
+        """The targeted matrices of ``block``: Linears, and Linear-like views of fused experts, routers and
+        Conv1D layers (``lcc.compressors.layers``)."""
+        from lcc.compressors.layers import block_targets
+
+        return {t.name: t.module for t in block_targets(block) if self.selects(t.name, t.kind)}
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -224,15 +238,27 @@ def targets_problem(model: nn.Module, targets: Targets, candidates=None) -> str 
         if not 0 <= start < stop <= n:
             return (f"targets.layers={targets.layers} is outside the model, which has {n} layers; valid: "
                     f"[start, stop) with 0 <= start < stop <= {n} (negative values count from the end)")
+    from lcc.compressors.layers import block_targets
+
     candidates = candidates or Compressor.target_candidates
     layers = decoder_layers(model)
+    kinds = {t.name: t.kind for i in targets.layer_range(n) for t in block_targets(layers[i])}
     names = sorted({name for i in targets.layer_range(n) for name in candidates(layers[i])})
-    missing = [e for e, pats in targets.entries.items()
-               if not any(fnmatch.fnmatch(name, p) for name in names for p in pats)]
+    missing = [e for e in targets.entries
+               if not any(Targets.of({"modules": [e]}).selects(name, kinds.get(name)) for name in names)]
     if missing:
         return (f"targets.modules entries {missing} match no module of the model's blocks; valid: names or globs "
-                f"of {', '.join(names) or 'none'} (or the shorthands attn, mlp); the model has {n} layers")
+                f"of {_short_names(names) or 'none'} (or the shorthands attn, mlp, experts, shared_experts, "
+                f"router); the model has {n} layers")
     return None
+
+
+def _short_names(names: list[str], limit: int = 40) -> str:
+    """Names for a message: expert views collapsed (``mlp.experts.*.down_proj`` for 64 experts)."""
+    import re as _re
+
+    out = list(dict.fromkeys(_re.sub(r"experts\.\d+\.", "experts.*.", x) for x in names))
+    return ", ".join(out[:limit]) + (f", ... ({len(out) - limit} more)" if len(out) > limit else "")
 
 
 def weight_fingerprint(lin: nn.Module, chunk: int = 1 << 24) -> int | str:
@@ -324,7 +350,8 @@ class Compressor:
     #: False for a compressor that ignores ``targets`` (none): then ``targets`` is not one of its parameters
     uses_targets: ClassVar[bool] = True
     targets: Targets = param(default_factory=Targets,
-                             doc="which Linears: modules (globs, or attn / mlp), layers [start, stop), lm_head")
+                             doc="which weight matrices: modules (globs, or attn / mlp / experts / "
+                                 "shared_experts / router), layers [start, stop), lm_head")
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -381,6 +408,11 @@ class Compressor:
         """True if the zeros this compressor sets must stay zero through later stages of a composition."""
         return False
 
+    def changes_weights(self) -> bool:
+        """True if ``compress`` changes every weight matrix of ``touched_linears`` (the job fails, naming them, when
+        one is left unchanged: a result never reports dense weights as compressed)."""
+        return not self.acts_at_runtime()
+
     def keep_zeros(self, masks: dict[str, torch.Tensor]) -> None:
         """Weights where ``masks[name]`` is True must stay zero (set by ``compose`` before a later stage runs;
         ``compose`` re-applies the masks afterwards, so a stage only overrides this to compensate, as GPTQ)."""
@@ -409,8 +441,11 @@ class Compressor:
     # ---- what it acts on -----------------------------------------------------------------------
     @staticmethod
     def target_candidates(block: nn.Module) -> dict[str, nn.Module]:
-        """The modules of a decoder block that ``targets.modules`` selects from (name inside the block)."""
-        return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        """The modules of a decoder block that ``targets.modules`` selects from (name inside the block): its
+        Linears and the Linear-like views of experts, routers and Conv1D layers (``lcc.compressors.layers``)."""
+        from lcc.compressors.layers import block_targets
+
+        return {t.name: t.module for t in block_targets(block)}
 
     def check_targets(self, model: nn.Module) -> None:
         """Raise ConfigError if ``targets`` selects nothing in ``model``: a layer range outside the model, or a
@@ -418,6 +453,16 @@ class Compressor:
         problem = targets_problem(model, self.targets, self.target_candidates) if self.uses_targets else None
         if problem:
             raise ConfigError(f"compressor.{problem} (compressor {self.name})")
+        if self.uses_targets and type(self).target_candidates is Compressor.target_candidates:
+            from lcc.compressors.layers import unsupported
+
+            layers = decoder_layers(model)
+            bad = sorted({u for i in self.targets.layer_range(len(layers)) for u in unsupported(layers[i])})
+            if bad:  # refused before compressing: never a "compressed" model whose experts stayed dense
+                raise ConfigError(f"{type(model).__name__} ({getattr(model.config, 'model_type', '?')}) is not "
+                                  f"supported by compressor {self.name}: its experts {', '.join(bad[:4])} store "
+                                  f"their weights in a layout lcc does not know (not a transformers "
+                                  f"use_experts_implementation class), so they would stay dense")
 
     def check_inputs(self, tokenizer: Any, ids: torch.Tensor) -> None:
         """Checks that need the job's tokenizer and token ids (``ids``: the job's own windows or prompts), run

@@ -68,6 +68,9 @@ class Compose(Compressor):
     def prunes(self) -> bool:
         return any(s.prunes() for s in self.instances)
 
+    def changes_weights(self) -> bool:
+        return all(s.changes_weights() for s in self.instances)
+
     def check_targets(self, model) -> None:
         for s in self.instances:
             s.check_targets(model)

@@ -73,6 +73,21 @@ class Stats:
     def pop(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` received any input (an MoE expert that no calibration token is routed to has none);
+        a statistic that does not say is assumed to have it."""
+        return True
+
+    def identity(self, width: int, device: torch.device) -> torch.Tensor:
+        """The statistic of a Linear that received no calibration token (:data:`NO_TOKENS_RULE`)."""
+        raise NotImplementedError
+
+
+#: what a calibrated compressor does with a Linear (an MoE expert) that no calibration token reached; recorded in
+#: the job's facts (``no_calibration_tokens``) with the names of those Linears
+NO_TOKENS_RULE = ("identity statistic (every input channel norm 1, H = I): wanda prunes by |W| per row, sparsegpt "
+                  "and gptq walk with H = I (gptq then equals RTN on its grid), mixed ranks by |W|")
+
 
 class NormStats(Stats):
     """Sum of squares of every input channel over all calibration tokens (Wanda's ``scaler_row``);
@@ -89,6 +104,12 @@ class NormStats(Stats):
 
     def pop(self, name: str) -> torch.Tensor:
         return self.sq.pop(name).sqrt()
+
+    def has(self, name: str) -> bool:
+        return name in self.sq
+
+    def identity(self, width, device):
+        return torch.ones(width, dtype=torch.float32, device=device)
 
 
 class HessianStats(Stats):
@@ -110,6 +131,12 @@ class HessianStats(Stats):
     def pop(self, name: str) -> torch.Tensor:
         n = max(self.count.pop(name), 1)
         return self.H.pop(name).mul_(2.0 / n)
+
+    def has(self, name: str) -> bool:
+        return name in self.H
+
+    def identity(self, width, device):
+        return torch.eye(width, dtype=torch.float32, device=device)
 
 
 def low_precision_gemm(x: torch.Tensor) -> bool:
@@ -309,7 +336,7 @@ class _Grouper:
                 key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device) if self.share else qname
                 lead = self.seen.setdefault(key, (qname, x))[0]
                 self.leader.setdefault(qname, lead)
-            if self.leader.get(qname) == qname:
+            if self.leader.setdefault(qname, qname) == qname:  # first seen after the first batch: its own leader
                 self.stats.add_batch(qname, x.detach())
         return hook
 
@@ -337,12 +364,15 @@ def _share_default() -> bool:
 @torch.no_grad()
 def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stats: Stats, rule: Rule,
                    propagate: bool = True, desc: str = "calibrating", group_rule: GroupRule | None = None,
-                   share_inputs: bool | None = None, batch_size: int | None = None) -> dict[str, dict[str, Any]]:
+                   share_inputs: bool | None = None, batch_size: int | None = None,
+                   no_tokens: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Feed ``stats`` the inputs of the targeted Linear layers block by block and compress them: each group of
     Linears sharing one input with ``group_rule(names, linears, stats.pop(leader))`` if given, else each
     member with ``rule(name, linear, stat)``. ``share_inputs`` (default on; ``LCC_SHARE_INPUTS=0`` turns it
     off) groups Linears with one input; off, every Linear has its own statistic. ``batch_size``: samples per
-    block forward (default: :func:`choose_batch`). Returns ``{qualified name: facts}``."""
+    block forward (default: :func:`choose_batch`). A Linear no calibration token reaches (an MoE expert) gets
+    :data:`NO_TOKENS_RULE`'s statistic and its name is appended to ``no_tokens``. Returns
+    ``{qualified name: facts}``."""
     from tqdm.auto import tqdm
 
     if calib is None:
@@ -388,7 +418,13 @@ def run_sequential(model: nn.Module, calib: torch.Tensor, targets: Targets, stat
                 hooks.remove()
             for names in hooks.groups(list(lins)):
                 qn = [f"layers.{i}.{n}" for n in names]
-                stat = stats.pop(qn[0])
+                lead = hooks.leader.get(qn[0], qn[0])  # the member that fed the statistic (OPT declares k before q)
+                if stats.has(lead):
+                    stat = stats.pop(lead)
+                else:  # no calibration token reached it (an MoE expert): NO_TOKENS_RULE, recorded
+                    stat = stats.identity(lins[names[0]].in_features, lins[names[0]].weight.device)
+                    if no_tokens is not None:
+                        no_tokens.extend(qn)
                 if group_rule is not None:
                     got = group_rule(qn, [lins[n] for n in names], stat)
                     facts.update({q: got.get(q) or {} for q in qn})
@@ -439,9 +475,14 @@ class Calibrated(Compressor):
         lins = target_linears(model, self.targets)
         self.check_linears(lins)
         self.clear_grids()
+        no_tokens: list[str] = []
         if self.needs_calibration():
             layer_facts = run_sequential(model, calib, self.targets, self.stats(), self.compress_layer,
-                                         propagate=self.propagate, desc=self.name, group_rule=self.compress_group)
+                                         propagate=self.propagate, desc=self.name, group_rule=self.compress_group,
+                                         no_tokens=no_tokens)
         else:
             layer_facts = {n: self.compress_layer(n, lin, None) or {} for n, lin in lins.items()}
-        return self.facts(lins, layer_facts)
+        facts = self.facts(lins, layer_facts)
+        if no_tokens:  # never silently dense: the rule and the Linears it was applied to
+            facts["no_calibration_tokens"] = {"rule": NO_TOKENS_RULE, "count": len(no_tokens), "linears": no_tokens}
+        return facts

@@ -95,7 +95,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     ``row_splits``: ``W`` is several Linears' weights stacked row-wise (same input, same H), this many rows
     each; every row is quantized exactly as alone (the walk acts within rows), and ``info["loss"]`` is then a
     list, one loss per part. The loss is read back to the host once."""
-    W = W.clone().float()
+    W = W.clone(memory_format=torch.contiguous_format).float()  # contiguous also for a transposed view
     H = H.clone().float()
     rows, cols = W.shape
     prepare_hessian(W, H)

@@ -16,6 +16,11 @@ Grids (``lcc.compressors.quantize``, asymmetric min/max by default):
 * keys ``key_mode=channel`` (KIVI): per channel, in groups of ``group_size`` consecutive tokens; the last
   group is shorter. ``key_mode=token``: per token, groups of ``group_size`` along head_dim.
 * values: per token, groups of ``group_size`` along head_dim.
+* ``format=fp8``: keys and values in FP8 E4M3 (vLLM's ``kv_cache_dtype=fp8``) with one scale per sequence and
+  layer (``fp8_scale=tensor``) or per kv head (``head``), ``amax / 448`` over the positions attended (the scale a
+  calibration on this text would give; llm-compressor's kv_cache_scheme strategies tensor / attn_head), or the
+  unit scale (``unit``: vLLM's default without calibrated scales). ``lcc.compressors.formats``; compared with
+  compressed-tensors in ``scripts/compare_formats.py``.
 
 Full-precision tokens:
 
@@ -44,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
+from lcc.compressors import formats
 from lcc.compressors.base import Compressor, choice, decoder_layers, groups, ints, param
 from lcc.compressors.quantize import fake_quant
 
@@ -60,6 +66,21 @@ class KVSpec:
     pre_rope: bool
     sink: int
     window: int
+    fmt: str = "int"
+    fp8_scale: str = "tensor"
+
+    @property
+    def per_token_keys(self) -> bool:
+        """Each key's grid depends on that position alone (no statistics over other positions)."""
+        return self.key_mode != "channel" if self.fmt == "int" else self.fp8_scale == "unit"
+
+    def _fp8(self, x: torch.Tensor) -> torch.Tensor:
+        """FP8 E4M3 of states [batch, heads, seq, head_dim], one scale per sequence, per head, or 1."""
+        if self.fp8_scale == "unit":
+            scale = torch.ones((), dtype=x.dtype, device=x.device)
+        else:
+            scale = formats.fp8_scale(formats.absmax(x, (1, 2, 3) if self.fp8_scale == "tensor" else (2, 3)))
+        return formats.qdq(x, scale, "e4m3").to(x.dtype)
 
     def _rest(self, x: torch.Tensor, fn) -> torch.Tensor:
         """Apply ``fn`` to the positions after the sink tokens (dim -2 is the sequence)."""
@@ -71,12 +92,16 @@ class KVSpec:
         return torch.cat([x[..., :s, :], fn(x[..., s:, :])], dim=-2)
 
     def quant_keys(self, k: torch.Tensor) -> torch.Tensor:
+        if self.fmt == "fp8":
+            return self._rest(k, self._fp8)
         if self.key_mode == "channel":
             return self._rest(k, lambda x: fake_quant(x.transpose(-1, -2), self.bits, self.group_size,
                                                       self.sym).transpose(-1, -2))
         return self._rest(k, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
 
     def quant_values(self, v: torch.Tensor) -> torch.Tensor:
+        if self.fmt == "fp8":
+            return self._rest(v, self._fp8)
         return self._rest(v, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
 
 
@@ -136,6 +161,9 @@ def make_attention(base: str):
         fn = _base_function(base, module)
         if spec is None:
             return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        rot = getattr(module, "_lcc_qk_rotation", None)  # rotate's online Hadamard: q·kᵀ unchanged, keys rotated
+        if rot is not None:
+            query, key = rot(query), rot(key)
         k_fp, v_fp = key, value
         if not spec.pre_rope:
             key = spec.quant_keys(key)
@@ -165,13 +193,27 @@ def register_attention(base: str) -> str:
     return name
 
 
+def block_attention(block) -> dict[str, torch.nn.Module]:
+    """The attention modules of a decoder block: modules with k_proj and v_proj, or (fused projections: phi3
+    ``qkv_proj``, gpt_neox/falcon ``query_key_value``, gpt2 ``c_attn``, MLA) an ``...Attention`` module with a
+    ``config``, which hands its key/value states to transformers' attention interface; the outermost ones."""
+    out: dict[str, torch.nn.Module] = {}
+    for n, m in block.named_modules():
+        if any(n.startswith(p + ".") for p in out):
+            continue
+        if (hasattr(m, "k_proj") and hasattr(m, "v_proj")) or (
+                "Attention" in type(m).__name__ and getattr(m, "config", None) is not None):
+            out[n] = m
+    return out
+
+
 def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
-    """``{layers.i.<name>: attention module}`` of the targeted blocks (modules with k_proj and v_proj)."""
+    """``{layers.i.<name>: attention module}`` of the targeted blocks (:func:`block_attention`)."""
     layers = decoder_layers(model)
     out = {}
     for i in targets.layer_range(len(layers)):
-        for n, m in layers[i].named_modules():
-            if hasattr(m, "k_proj") and hasattr(m, "v_proj") and any(fnmatch.fnmatch(n, p) for p in targets.patterns):
+        for n, m in block_attention(layers[i]).items():
+            if any(fnmatch.fnmatch(n, p) for p in targets.patterns):
                 out[f"layers.{i}.{n}"] = m
     return out
 
@@ -202,7 +244,7 @@ def _k_proj_hook(attn):
         b, t, _ = out.shape
         k = out.view(b, t, -1, d).transpose(1, 2)
         start = getattr(attn, "_lcc_kv_start", 0)
-        if spec.key_mode != "channel":  # per-token groups: no other position is involved
+        if spec.per_token_keys:  # per-token groups (or a unit fp8 scale): no other position is involved
             return spec.quant_keys(k).transpose(1, 2).reshape(b, t, -1)
         prev = getattr(attn, "_lcc_kv_seen", None)
         if start > 0 and prev is not None and prev.shape[-2] >= start and prev.shape[:2] == k.shape[:2]:
@@ -238,23 +280,52 @@ class KVQuant(Compressor):
     sink: int = param(0, "the first `sink` positions stay full precision (attention sinks)", ints(0, 1 << 24))
     window: int = param(0, "each query sees its last `window` keys/values in full precision (exact per query; "
                            "post-RoPE only)", ints(0, 1 << 24))
+    format: str = param("int", "int: the integer grid above; fp8: FP8 E4M3 keys and values (bits, group_size, "
+                               "key_mode, sym do not apply)", choice("int", "fp8"))
+    fp8_scale: str = param("tensor", "format=fp8: one scale per sequence and layer (tensor), per kv head (head), or "
+                                     "1 (unit, vLLM without calibrated scales)", choice("tensor", "head", "unit"))
 
     def acts_at_runtime(self) -> bool:
         return True  # an attention function (and k_proj hooks with pre_rope)
 
+    def touched_linears(self, model):
+        return {}  # it changes no weight (its targets select attention modules; coverage counts none)
+
     @staticmethod
     def target_candidates(block):
-        """``targets.modules`` selects attention modules (those with k_proj and v_proj)."""
-        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
+        """``targets.modules`` selects attention modules (:func:`block_attention`)."""
+        return block_attention(block)
+
+    def check_targets(self, model) -> None:
+        super().check_targets(model)
+        if self.pre_rope:
+            fused = sorted({type(m).__name__ for m in attention_modules(model, self.targets).values()
+                            if not hasattr(m, "k_proj")})
+            if fused:
+                raise ConfigError(f"compressor.pre_rope=true needs a separate k_proj, but {type(model).__name__} "
+                                  f"projects keys in a fused layer ({', '.join(fused)}); valid: pre_rope=false "
+                                  f"(post-RoPE keys, in the attention function)")
 
     def check(self):
+        if self.format == "fp8":
+            for f in ("bits", "group_size", "key_mode", "sym"):
+                default = type(self).__dataclass_fields__[f].default
+                if getattr(self, f) != default:
+                    raise ConfigError(f"{f}={getattr(self, f)!r} does not apply to format='fp8' (E4M3 keys and "
+                                      f"values); valid: leave {f} at {default!r}, or format='int'")
+        elif self.fp8_scale != "tensor":
+            raise ConfigError(f"fp8_scale={self.fp8_scale!r} applies to format='fp8' only; valid: format='fp8', or "
+                              f"leave fp8_scale at 'tensor'")
         if self.pre_rope and self.window > 0:
             raise ConfigError(f"window={self.window!r} with pre_rope=true is not supported (the full-precision "
                               f"window needs post-RoPE keys); valid: window=0 or pre_rope=false")
 
     def level(self) -> str:
-        s = f"kv{self.bits}" + ("k-tok" if self.key_mode == "token" else "")
-        s += ("" if self.group_size == 128 else f"g{self.group_size}") + ("sym" if self.sym else "")
+        if self.format == "fp8":
+            s = "kv-fp8" + ("" if self.fp8_scale == "tensor" else f"-{self.fp8_scale}")
+        else:
+            s = f"kv{self.bits}" + ("k-tok" if self.key_mode == "token" else "")
+            s += ("" if self.group_size == 128 else f"g{self.group_size}") + ("sym" if self.sym else "")
         s += "-prerope" if self.pre_rope else ""
         s += f"-sink{self.sink}" if self.sink else ""
         s += f"-win{self.window}" if self.window else ""
@@ -264,7 +335,7 @@ class KVQuant(Compressor):
         mods = attention_modules(model, self.targets)
         if not mods:
             raise ConfigError(f"kv: targets {self.targets.patterns} / layers {self.targets.layers} select no "
-                              f"attention module (modules with k_proj and v_proj)")
+                              f"attention module (modules with k_proj and v_proj, or ...Attention modules)")
         cfg = model.config
         base = getattr(cfg, "_attn_implementation", None) or "eager"
         if base.startswith(PREFIX):
@@ -272,7 +343,7 @@ class KVQuant(Compressor):
         name = register_attention(base)
         cfg._attn_implementation = name
         spec = KVSpec(int(self.bits), int(self.group_size), self.key_mode, bool(self.sym), bool(self.pre_rope),
-                      int(self.sink), int(self.window))
+                      int(self.sink), int(self.window), self.format, self.fp8_scale)
         hooks = 0
         for attn in mods.values():
             attn._lcc_kv = spec

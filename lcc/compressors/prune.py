@@ -39,7 +39,12 @@ def prune_smallest(weight: torch.Tensor, score: torch.Tensor, sparsity: float) -
     k = int(round(sparsity * weight.numel()))
     if k:
         idx = torch.topk(score.flatten(), k, largest=False, sorted=False).indices
-        weight.view(-1)[idx] = 0
+        if weight.is_contiguous():
+            weight.view(-1)[idx] = 0
+        else:  # a transposed view (gpt-oss experts, Conv1D): the same entries through a mask
+            mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+            mask[idx] = True
+            weight[mask.view(weight.shape)] = 0
     return k
 
 
@@ -229,7 +234,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, n_keep: i
     ``m - n_keep`` lowest of every ``m`` columns when the walk reaches them. ``row_splits``: ``W`` is several
     Linears stacked row-wise (same input and H), this many rows each; each part's block mask is chosen over
     its own rows, so the result equals separate walks. Returns (Ŵ, Cholesky retries)."""
-    W = W.clone().float()
+    W = W.clone(memory_format=torch.contiguous_format).float()  # contiguous also for a transposed view
     H = H.clone().float()
     prepare_hessian(W, H)
     Hinv, retries, _ = inverse_hessian_upper(H, percdamp, name)

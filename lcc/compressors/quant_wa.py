@@ -55,6 +55,9 @@ class QuantWA(Compressor):
     def acts_at_runtime(self) -> bool:
         return self.a_bits != 16  # activation hooks
 
+    def changes_weights(self) -> bool:
+        return self.w_bits != 16
+
     def storage(self) -> Storage:
         """Weight-only (a_bits=16: no hooks) stores the weights; with activation hooks, nothing."""
         return Storage.NONE if self.acts_at_runtime() else Storage.WEIGHTS

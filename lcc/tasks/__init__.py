@@ -10,7 +10,7 @@ from typing import Any
 from lcc.tasks.base import REGISTRY, Task, get, register  # noqa: F401
 
 #: modules of this package that define no task
-_NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words"}
+_NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words", "prelaunch"}
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if _m.name not in _NOT_TASKS:
         importlib.import_module(f"{__name__}.{_m.name}")
@@ -41,7 +41,11 @@ def of_job(cfg: Any) -> Task:
 
 def validate(cfg: Any) -> None:
     """Check a job config's task (and what the task asks of the rest of the config)."""
-    of_job(cfg).check_job(cfg)
+    task = of_job(cfg)
+    if task.kind == "lm_eval":
+        from lcc.tasks.prelaunch import check_lm_eval
+        check_lm_eval(cfg)
+    task.check_job(cfg)
 
 
 def kind(cfg: Any) -> str:

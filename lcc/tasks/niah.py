@@ -12,7 +12,14 @@ import numpy as np
 
 from lcc import ConfigError
 from lcc.tasks.base import check_choice, check_int, register
-from lcc.tasks.synthetic import PromptBuilder, Sample, SyntheticTask, random_key, random_number, random_word
+from lcc.tasks.synthetic import Spec, SyntheticTask, distinct_number, n_numbers, random_key
+from lcc.tasks.words import value_words
+
+#: the words of niah's frame (instruction, question, answer prefix): no word value is one of them
+FRAME_WORDS = set("some special magic numbers words number word are is hidden within the following text make sure to "
+                  "memorize it i will quiz you about afterwards what all for mentioned in provided one of the".split())
+#: word values: disjoint from the keys' words and the frame's (lcc.tasks.words.value_words)
+VALUES = value_words(FRAME_WORDS)
 
 
 @register
@@ -25,7 +32,7 @@ class NIAH(SyntheticTask):
     value_type: str = "number"  # number | word
     digits: int = 7
     haystack: str = "data"      # data: text of the `data` source (default pydoc); noise: filler sentences
-    max_new_tokens: int = 16
+    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
 
     def check(self) -> None:
         super().check()
@@ -38,8 +45,17 @@ class NIAH(SyntheticTask):
         if self.n_queries > self.n_keys:
             raise ConfigError(f"task.n_queries={self.n_queries} exceeds task.n_keys={self.n_keys}; "
                               f"valid: 1..n_keys")
+        n = self.n_keys * self.n_values
+        have = len(VALUES) if self.value_type == "word" else n_numbers(self.digits)
+        if n > have:
+            pool = (f"the {have} words of niah's value list" if self.value_type == "word"
+                    else f"the {have} numbers of task.digits={self.digits} digits")
+            raise ConfigError(f"task.n_keys * task.n_values = {self.n_keys} * {self.n_values} = {n} distinct values "
+                              f"are needed, more than {pool}; valid: n_keys * n_values <= {have}"
+                              + (" (or value_type=number)" if self.value_type == "word" else
+                                 f" (or task.digits >= {next(d for d in range(1, 31) if n_numbers(d) >= n)})"))
 
-    def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
+    def spec(self, rng: np.random.Generator, depth: float) -> Spec:
         keys: list[str] = []
         for _ in range(self.n_keys):
             keys.append(random_key(rng, set(keys)))
@@ -48,9 +64,11 @@ class NIAH(SyntheticTask):
         for _ in keys:
             vs = []
             for _ in range(self.n_values):
-                v = random_number(rng, self.digits) if self.value_type == "number" else random_word(rng, used)
-                while v in used:
-                    v = random_number(rng, self.digits)
+                if self.value_type == "number":
+                    v = distinct_number(rng, self.digits, used)
+                else:  # uniform among the word values not drawn yet: no rejection loop
+                    left = [w for w in VALUES if w not in used]
+                    v = left[int(rng.integers(0, len(left)))]
                 used.add(v)
                 vs.append(v)
             values.append(vs)
@@ -71,5 +89,4 @@ class NIAH(SyntheticTask):
         else:
             q = f"\n\nWhat are all the special magic {what} for {names} mentioned in the provided text?"
             prefix = f"The special magic {what} for {names} mentioned in the provided text are"
-        ids, starts, answer = b.build(inst, q, prefix, needles, self.haystack, rng, " " + ", ".join(expected))
-        return self.sample(b, depth, index, ids, starts[0], answer, expected)
+        return Spec(inst, q, prefix, needles, " " + ", ".join(expected), expected)

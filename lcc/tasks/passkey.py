@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from lcc.tasks.base import check_choice, check_int, register
-from lcc.tasks.synthetic import PromptBuilder, Sample, SyntheticTask, random_number
+from lcc.tasks.synthetic import Spec, SyntheticTask, random_number
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.\n\n")
@@ -19,16 +19,14 @@ class Passkey(SyntheticTask):
     name: ClassVar[str] = "passkey"
     digits: int = 5
     haystack: str = "noise"      # noise: the repeated filler sentences; data: text of the `data` source
-    max_new_tokens: int = 8
+    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
 
     def check(self) -> None:
         super().check()
         check_int(self, "digits", 1, 30)
         check_choice(self, "haystack", ["noise", "data"])
 
-    def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
+    def spec(self, rng: np.random.Generator, depth: float) -> Spec:
         key = random_number(rng, self.digits)
         needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
-        ids, starts, answer = b.build(INSTRUCTION, "\n\nWhat is the pass key?", "The pass key is",
-                                      [(depth, needle)], self.haystack, rng, f" {key}")
-        return self.sample(b, depth, index, ids, starts[0], answer, [key])
+        return Spec(INSTRUCTION, "\n\nWhat is the pass key?", "The pass key is", [(depth, needle)], f" {key}", [key])

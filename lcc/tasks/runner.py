@@ -47,7 +47,7 @@ def dense_cache_inputs(cfg: DictConfig, task: SyntheticTask, model, samples, dev
 
 def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, store, status
                   ) -> tuple[list[Scored], float]:
-    run = lambda: score_all(model, head, samples, task.max_new_tokens, eos, decode, "dense prompts")  # noqa: E731
+    run = lambda: score_all(model, head, samples, task.decode_budget, eos, decode, "dense prompts")  # noqa: E731
     if store is None:
         t = time.perf_counter()
         scored = run()
@@ -147,7 +147,7 @@ def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
                                 uncached=caches.uncached_status(comp))
     head_c = logits_fn(m.model)
     t = time.perf_counter()
-    scored = score_all(m.model, head_c, samples, task.max_new_tokens, eos, decode, "compressed prompts")
+    scored = score_all(m.model, head_c, samples, task.decode_budget, eos, decode, "compressed prompts")
     comp_s = time.perf_counter() - t
     df = rows(samples, dense, scored, head_d, head_c, decode)
     write_parquet(out / "samples.parquet", df)

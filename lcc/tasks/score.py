@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lcc.evaluate import input_device, sync
-from lcc.tasks.synthetic import Sample
+from lcc.tasks.synthetic import Sample, matches  # noqa: F401  (matches: word-boundary string match)
 
 
 @dataclass
@@ -38,10 +38,14 @@ def cache_kwarg(model: nn.Module) -> str:
 
 
 def crop(cache, length: int) -> None:
-    """Drop cached positions >= ``length`` (a negative argument is 'remove that many' in every version)."""
-    n = cache.get_seq_length() - length
+    """Drop cached positions >= ``length`` (a negative argument is 'remove that many' in every version). A
+    press's cache counts the positions it has seen (``_lcc_seen``), more than the entries it keeps."""
+    seen = getattr(cache, "_lcc_seen", None)
+    n = (cache.get_seq_length() if seen is None else seen) - length
     if n > 0:
         cache.crop(-n)
+        if seen is not None:
+            cache._lcc_seen = length
 
 
 def eos_ids(model: nn.Module, tok) -> set[int]:
@@ -53,12 +57,6 @@ def eos_ids(model: nn.Module, tok) -> set[int]:
     return {int(i) for i in ids}
 
 
-def matches(text: str, expected: list[str]) -> bool:
-    """RULER's string match: every expected string occurs in the output (case-insensitive)."""
-    low = text.lower()
-    return all(e.lower() in low for e in expected)
-
-
 @torch.inference_mode()
 def score_sample(model: nn.Module, head: Callable, s: Sample, max_new: int, eos: set[int],
                  decode: Callable[[list[int]], str]) -> Scored:
@@ -67,8 +65,11 @@ def score_sample(model: nn.Module, head: Callable, s: Sample, max_new: int, eos:
     t0 = time.perf_counter()
     prompt = s.prompt.view(1, -1).to(dev)
     answer = s.answer.to(dev)
-    out = base(input_ids=prompt, use_cache=True)
+    press = getattr(model, "_lcc_press", None)  # KV-cache eviction: context, compress, question (press.py)
+    out = press.prefill(base, prompt, s.question_pos) if press else base(input_ids=prompt, use_cache=True)
     cache = out[kw] if kw in out else out.past_key_values
+    if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the answer step adds, so that
+        cache.activate_past_recording()           # crop() can roll back past their window (mistral, gemma2/3, ...)
     hs = [out.last_hidden_state[0, -1:]]
     del out
     if len(answer) > 1:

@@ -10,16 +10,23 @@ from typing import ClassVar
 
 import numpy as np
 
+from lcc import ConfigError
 from lcc.tasks.base import check_choice, check_int, register
-from lcc.tasks.synthetic import PromptBuilder, Sample, SyntheticTask, random_number
+from lcc.tasks.synthetic import MAX_TRIES, Spec, SyntheticTask, distinct_number, n_numbers
 
 
 def _var(rng: np.random.Generator, used: set[str]) -> str:
-    while True:
+    """A new 5-letter name (26^5 of them; a job uses at most 20 x 51): bounded rejection sampling."""
+    for _ in range(MAX_TRIES):
         v = "".join(string.ascii_uppercase[int(i)] for i in rng.integers(0, 26, 5))
         if v not in used:
             used.add(v)
             return v
+    raise RuntimeError(f"no new variable name after {MAX_TRIES} draws ({len(used)} in use)")
+
+
+#: 5-letter words of the frame and of the noise haystack: never a variable name (matching ignores case)
+NOT_NAMES = ("TRACK", "CHAIN", "VALUE", "ABOVE", "GRASS", "GREEN", "THERE", "AGAIN")
 
 
 @register
@@ -30,7 +37,7 @@ class VT(SyntheticTask):
     n_hops: int = 4
     digits: int = 5
     haystack: str = "noise"
-    max_new_tokens: int = 30
+    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
 
     def check(self) -> None:
         super().check()
@@ -38,15 +45,17 @@ class VT(SyntheticTask):
         check_int(self, "n_hops", 1, 50)
         check_int(self, "digits", 1, 30)
         check_choice(self, "haystack", ["noise", "data"])
+        if self.n_chains > n_numbers(self.digits):
+            raise ConfigError(f"task.n_chains={self.n_chains} chains need distinct values, more than the "
+                              f"{n_numbers(self.digits)} numbers of task.digits={self.digits} digits; valid: "
+                              f"n_chains <= {n_numbers(self.digits)} or more digits")
 
-    def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
-        used: set[str] = set()
+    def spec(self, rng: np.random.Generator, depth: float) -> Spec:
+        used: set[str] = set(NOT_NAMES)
         vals: set[str] = set()
         needles, chains = [], []
         for c in range(self.n_chains):
-            value = random_number(rng, self.digits)
-            while value in vals:
-                value = random_number(rng, self.digits)
+            value = distinct_number(rng, self.digits, vals)
             vals.add(value)
             names = [_var(rng, used) for _ in range(self.n_hops + 1)]
             if c == 0:
@@ -62,5 +71,4 @@ class VT(SyntheticTask):
         q = f"\n\nQuestion: Find all variables that are assigned the value {value} in the text above."
         prefix = (f" Answer: According to the chain(s) of variable assignment in the text above, {len(names)} "
                   f"variables are assigned the value {value}, they are:")
-        ids, starts, answer = b.build(inst, q, prefix, needles, self.haystack, rng, " " + " ".join(names))
-        return self.sample(b, depth, index, ids, starts[0], answer, names)
+        return Spec(inst, q, prefix, needles, " " + " ".join(names), names)

@@ -1,0 +1,460 @@
+"""KV-cache eviction ("presses", after NVIDIA's kvpress): the contract, and the machinery every press shares.
+
+A press is a compressor that acts at run time: ``compress(model)`` installs it, and from then on, whenever the
+model reads text *with a KV cache* inside ``press.armed()``, the press removes entries from each targeted
+attention layer's cache right after that layer's attention (kvpress's forward-hook protocol). Everything
+else -- validation, ``compressor=<name>``, ``compose`` with weight compressors and ``kv`` quantization, reduce --
+is the compressor contract (``lcc/compressors/base.py``).
+
+**One module per method** (``press_<name>.py``): a :class:`Press` subclass whose fields are its parameters
+(``param``), and, for a score-based method, ``score(ctx) -> [batch, kv_heads, n_entries]`` (higher = keep).
+The shared parameters:
+
+* ``ratio``: fraction of the entries removed (kvpress's ``compression_ratio``): after reading ``n`` tokens the
+  cache holds ``int(n * (1 - ratio))`` entries per head; or ``budget``: at most ``budget`` entries per head.
+  Exactly one is used (``budget`` set: ``ratio`` must be left null). ``ratio=0`` removes nothing.
+* ``chunk``: tokens read per step by ``task=kl`` (the cache is compressed to its budget after every chunk).
+* ``query_aware``: in the synthetic tasks, compress after the question (true) or before it (false, kvpress's
+  default protocol: context, compress, then question and greedy decoding on the compressed cache).
+
+**Where it acts.** ``compress`` registers the attention function ``lcc_press_<base>`` (it passes through to the
+model's own ``sdpa``/``eager``; with a compressed cache it supplies the mask itself: every cached entry is in the
+past of every new query, and with per-head budgets (``adakv``) a per-head validity mask) and installs, on each
+targeted attention module, a forward hook that evicts, and on the base model a pre-hook that gives every
+forward with a cache its true positions (``position_ids`` from the number of tokens the cache has *seen*,
+``cache._lcc_seen``, not from its shrunken length). Kept entries stay in positional order (indices sorted),
+so attention is unchanged by the gather and StreamingLLM's "recent" stays recent across steps.
+
+**Per-head budgets** (``adakv``): heads keep different numbers of entries. The cache of a layer is gathered to
+the largest per-head count; the slots a head does not use are marked invalid in ``cache._lcc_valid[layer]``
+(bool [batch, kv_heads, n]) and the attention function masks them (chosen over kvpress's "fake keys", which
+depend on the queries; memory is that of the largest head).
+
+**Cost.** Scores never form a full query x key matrix: window presses (snapkv, pyramidkv, tova) use the last
+``window_size`` queries only; ``h2o`` sums attention over all queries in blocks of ``QUERY_BLOCK`` queries;
+``expected_attention`` uses query statistics (mean, covariance), ``knorm``/``streaming_llm``/``random_kv`` no
+queries at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+
+from lcc import ConfigError
+from lcc.compressors.base import Compressor, Valid, ints, param
+
+PREFIX = "lcc_press_"
+#: queries per block when a press sums attention over every query (h2o)
+QUERY_BLOCK = 256
+
+
+def presses() -> dict[str, type["Press"]]:
+    """Every registered press, by name."""
+    from lcc.compressors.base import REGISTRY
+    return {n: c for n, c in sorted(REGISTRY.items()) if issubclass(c, Press)}
+
+
+# ---- the attention function ---------------------------------------------------------------------------------
+def _base_function(base: str, module):
+    if base == "eager":
+        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if fn is None:
+            from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        return fn
+    from transformers.modeling_utils import AttentionInterface
+    return AttentionInterface._global_mapping[base]
+
+
+def make_attention(base: str):
+    def lcc_press_attention(module, query, key, value, attention_mask, *args, **kwargs):
+        fn = _base_function(base, module)
+        valid = getattr(module, "_lcc_cur_valid", None)
+        q, k = query.shape[2], key.shape[2]
+        if getattr(module, "_lcc_press", None) is None or (k == q and valid is None):
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)  # no cached prefix
+        # a (possibly compressed) cache: every cached entry precedes every new query; causal among the new ones
+        mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q).view(1, 1, q, k)
+        if valid is not None:
+            v = valid.to(query.device)
+            if v.shape[-1] < k:
+                v = torch.cat([v, v.new_ones(*v.shape[:-1], k - v.shape[-1])], -1)
+            v = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)  # kv heads -> query heads
+            mask = mask & v.unsqueeze(2)
+        elif q == 1:
+            mask = None
+        if mask is not None and base == "eager":
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min)
+        return fn(module, query, key, value, mask, *args, **kwargs)
+    lcc_press_attention.__name__ = PREFIX + base
+    return lcc_press_attention
+
+
+def register_attention(base: str) -> str:
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    name = PREFIX + base
+    if name not in AttentionInterface._global_mapping:
+        if base != "eager" and base not in AttentionInterface._global_mapping:
+            raise ConfigError(f"press: the model's attention implementation {base!r} is not supported; "
+                              f"valid: eager, sdpa")
+        AttentionInterface.register(name, make_attention(base))
+    if name not in AttentionMaskInterface._global_mapping:
+        mask_base = base if base in AttentionMaskInterface._global_mapping else "sdpa"
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[mask_base])
+    return name
+
+
+# ---- hooks -------------------------------------------------------------------------------------------------
+def _cache_of(kwargs: dict):
+    return next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if kwargs.get(k) is not None),
+                None)
+
+
+def _positions_hook(base):
+    """Base-model pre-hook: a forward with a press's cache gets its true positions (the cache's seen count)."""
+    import inspect
+    kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def hook(mod, args, kwargs):
+        if getattr(mod, "_lcc_press", None) is None:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        n = (ids if ids is not None else emb).shape[1]
+        cache = _cache_of(kwargs)
+        if cache is None:
+            if not kwargs.get("use_cache"):
+                return None
+            from transformers import DynamicCache
+            cache = DynamicCache(config=mod.config)
+            kwargs[kw] = cache
+            kwargs.pop("past_key_values" if kw == "cache" else "cache", None)
+        start = getattr(cache, "_lcc_seen", None)
+        if start is None:
+            start = cache.get_seq_length()
+        if kwargs.get("position_ids") is None:
+            dev = (ids if ids is not None else emb).device
+            kwargs["position_ids"] = torch.arange(start, start + n, device=dev).unsqueeze(0)
+        cache._lcc_seen = start + n
+        return args, kwargs
+    return hook
+
+
+def _cache_kw(base) -> str:
+    import inspect
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _valid_hook(module, args, kwargs):
+    """Attention pre-hook: the per-head validity of this layer's cache entries (adakv) for the attention."""
+    cache = _cache_of(kwargs)
+    module._lcc_cur_valid = (getattr(cache, "_lcc_valid", {}) or {}).get(module.layer_idx) if cache else None
+
+
+def _evict_hook(module, args, kwargs, output):
+    """Attention hook: after the layer's attention, compress this layer's cache (when the press is armed)."""
+    press: Press | None = getattr(module, "_lcc_press", None)
+    if press is None or not press._armed:
+        return None
+    cache = _cache_of(kwargs)
+    if cache is None:
+        return None
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    press.evict(module, hidden, cache, kwargs)
+    return None
+
+
+def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
+    from lcc.compressors.kv import attention_modules as kv_attention_modules
+    return kv_attention_modules(model, targets)
+
+
+# ---- scoring helpers (shared by the presses) ----------------------------------------------------------------
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x if n == 1 else x.repeat_interleave(n, dim=1)
+
+
+def prerope_queries(module, hidden: torch.Tensor) -> torch.Tensor:
+    """Queries before RoPE, [b, heads, q, head_dim] (q_norm applied where the model has one: Qwen3, Gemma3)."""
+    b, q, _ = hidden.shape
+    qs = module.q_proj(hidden).view(b, q, -1, module.head_dim).transpose(1, 2)
+    return module.q_norm(qs) if hasattr(module, "q_norm") else qs
+
+
+def roped_queries(module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    qs = prerope_queries(module, hidden)
+    return qs * cos.unsqueeze(1) + rotate_half(qs) * sin.unsqueeze(1)
+
+
+def window_attention(module, hidden: torch.Tensor, keys: torch.Tensor, window: int, position_embeddings
+                     ) -> torch.Tensor:
+    """Softmax attention of the last ``window`` queries over the keys before the window: [b, heads, window,
+    n - window] (kvpress's ``compute_window_attention``; the window's own keys are left out). Query j of the
+    window sits at key index n - window + j and sees keys up to there."""
+    n = keys.shape[2]
+    cos, sin = position_embeddings
+    qs = roped_queries(module, hidden[:, -window:], cos[:, -window:], sin[:, -window:])
+    ks = repeat_kv(keys, qs.shape[1] // keys.shape[1])
+    w = torch.matmul(qs, ks.transpose(2, 3)) / math.sqrt(module.head_dim)
+    w = w + torch.triu(torch.full_like(w, float("-inf")), diagonal=n - window + 1)
+    w = F.softmax(w, dim=-1, dtype=torch.float32).to(qs.dtype)
+    return w[..., :-window]
+
+
+def attention_sums(module, hidden: torch.Tensor, keys: torch.Tensor, position_embeddings,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention every key receives, summed over the new queries (this forward's tokens), per query head,
+    [b, heads, n] (fp32), and how many new queries see each key [n]. Computed in blocks of ``QUERY_BLOCK``
+    queries: never a full query x key matrix."""
+    q, n = hidden.shape[1], keys.shape[2]
+    cos, sin = position_embeddings
+    groups = module.config.num_attention_heads // keys.shape[1]
+    ks = repeat_kv(keys, groups)
+    total = torch.zeros(keys.shape[0], ks.shape[1], n, dtype=torch.float32, device=keys.device)
+    kpos = torch.arange(n, device=keys.device)
+    for a in range(0, q, QUERY_BLOCK):
+        e = min(a + QUERY_BLOCK, q)
+        qs = roped_queries(module, hidden[:, a:e], cos[:, a:e], sin[:, a:e])
+        w = torch.matmul(qs, ks.transpose(2, 3)) * module.scaling
+        qpos = n - q + torch.arange(a, e, device=keys.device)
+        allowed = kpos.view(1, -1) <= qpos.view(-1, 1)
+        if valid is not None:
+            allowed = allowed & repeat_kv(valid, groups).unsqueeze(2)
+        w = w.masked_fill(~allowed, float("-inf"))
+        total += F.softmax(w, dim=-1, dtype=torch.float32).to(qs.dtype).float().sum(2)
+    return total, torch.clamp(n - kpos, max=q)  # key k is seen by the new queries at or after it
+
+
+# ---- the contract -------------------------------------------------------------------------------------------
+@dataclass
+class Ctx:
+    """What a press's ``score`` sees for one layer: the attention module, its input hidden states (this
+    forward's new tokens), the layer's cached keys and values after the forward [b, kv_heads, n, d], the
+    position embeddings of the new tokens, tokens seen so far, the per-layer state kept with the cache, and
+    the per-head validity of the entries (adakv) or None."""
+
+    module: Any
+    hidden: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    position_embeddings: Any
+    seen: int
+    state: dict
+    valid: Optional[torch.Tensor]
+
+    @property
+    def n_new(self) -> int:
+        return self.hidden.shape[1]
+
+
+def _ratio_valid() -> Valid:
+    return Valid("null (then budget) or a number in [0, 1)",
+                 lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1))
+
+
+class Press(Compressor):
+    """Base of every press: removes KV-cache entries at run time (see the module docstring)."""
+
+    ratio: Optional[float] = param(None, "fraction of KV entries removed (kvpress's compression_ratio); null: "
+                                         "0.5, or use budget", _ratio_valid())
+    budget: Optional[int] = param(None, "entries kept per head (instead of ratio; leave ratio null)",
+                                  Valid("null or an integer >= 1", lambda v: v is None or (
+                                      isinstance(v, int) and not isinstance(v, bool) and v >= 1)))
+    chunk: int = param(512, "task=kl: tokens read per step; the cache is compressed after every chunk",
+                       ints(1, 1 << 24))
+    query_aware: bool = param(False, "synthetic tasks: compress after the question (true) or before it "
+                                     "(false: context, compress, then question and decoding)")
+
+    #: set by the subclass: whether ``score`` needs the module's query projection (for the docs)
+    uses_queries: ClassVar[bool] = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._armed = False
+
+    def check(self) -> None:
+        if self.budget is not None and self.ratio is not None:
+            raise ConfigError(f"budget={self.budget!r} with ratio={self.ratio!r}: give one; valid: budget=N with "
+                              f"ratio=null, or ratio=r with budget=null")
+        if self.budget is None and self.ratio is None:
+            self.ratio = 0.5
+
+    # ---- capabilities ------------------------------------------------------------------------------------------
+    def acts_at_runtime(self) -> bool:
+        return True
+
+    @staticmethod
+    def target_candidates(block):
+        return {n: m for n, m in block.named_modules() if hasattr(m, "k_proj") and hasattr(m, "v_proj")}
+
+    def touched_linears(self, model):
+        return {}  # no weight changes
+
+    def level(self) -> str:
+        s = f"r{self.ratio:g}" if self.budget is None else f"b{self.budget}"
+        def default(f):
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        extra = [f"{f.name}={getattr(self, f.name)}" for f in self.param_fields()
+                 if f.name not in ("ratio", "budget", "chunk", "query_aware", "press")
+                 and getattr(self, f.name) != default(f)]
+        return s + ("-qa" if self.query_aware else "") + "".join(f",{e}" for e in extra)
+
+    def n_keep(self, seen: int, n: int, module=None) -> int:
+        """Entries per head a layer keeps after ``seen`` tokens (cache now holds ``n``)."""
+        # kvpress 0.5.5's compute_n_kept: int(n * (1 - ratio)), at least 1
+        target = self.budget if self.budget is not None else max(1, int(seen * (1 - self.ratio)))
+        return max(0, min(n, target))
+
+    def removes_nothing(self) -> bool:
+        return self.budget is None and self.ratio == 0
+
+    # ---- installation ------------------------------------------------------------------------------------------
+    def compress(self, model, calib=None):
+        mods = attention_modules(model, self.targets)
+        if not mods:
+            raise ConfigError(f"{self.name}: targets {self.targets.patterns} / layers {self.targets.layers} select "
+                              f"no attention module (modules with k_proj and v_proj)")
+        cfg = model.config
+        base_impl = getattr(cfg, "_attn_implementation", None) or "eager"
+        name = register_attention(base_impl) if not base_impl.startswith(PREFIX) else base_impl
+        cfg._attn_implementation = name
+        base = model.base_model
+        rotary = getattr(base, "rotary_emb", None)
+        for attn in mods.values():
+            attn._lcc_press = self
+            attn._lcc_rotary = rotary
+            if getattr(attn, "config", cfg) is not cfg:
+                attn.config._attn_implementation = name
+            if not getattr(attn, "_lcc_press_hooked", False):
+                attn.register_forward_pre_hook(_valid_hook, with_kwargs=True)
+                attn.register_forward_hook(_evict_hook, with_kwargs=True)
+                attn._lcc_press_hooked = True
+        if not getattr(base, "_lcc_press_hooked", False):
+            base.register_forward_pre_hook(_positions_hook(base), with_kwargs=True)
+            base._lcc_press_hooked = True
+        base._lcc_press = self
+        model._lcc_press = self
+        return {"attn_implementation": name, "n_attention": len(mods), "press": self.name}
+
+    @staticmethod
+    def remove(model) -> None:
+        for m in model.modules():
+            if hasattr(m, "_lcc_press"):
+                m._lcc_press = None
+
+    @contextlib.contextmanager
+    def armed(self):
+        """Inside: every forward with a KV cache compresses it after each targeted layer's attention."""
+        old, self._armed = self._armed, True
+        try:
+            yield self
+        finally:
+            self._armed = old
+
+    # ---- the protocols: chunked reading (task=kl) and context / question (synthetic tasks) -------------------------
+    @torch.inference_mode()
+    def read(self, model, ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [T, H] of ``ids`` [T] read ``chunk`` tokens at a time through a KV cache that is
+        compressed to its budget after every chunk (task=kl's compressed side)."""
+        from transformers import DynamicCache
+
+        from lcc.evaluate import input_device
+        base = model.base_model
+        ids = ids.view(1, -1).to(input_device(model))
+        cache = DynamicCache(config=model.config)
+        kw = _cache_kw(base)
+        out = []
+        with self.armed():
+            for a in range(0, ids.shape[1], self.chunk):
+                o = base(input_ids=ids[:, a:a + self.chunk], use_cache=True, **{kw: cache})
+                out.append(o.last_hidden_state[0])
+        return torch.cat(out)
+
+    def prefill(self, base, prompt: torch.Tensor, question_pos: int):
+        """Prefill a synthetic prompt [1, T] (kvpress's protocol): the context up to ``question_pos`` is read and
+        the cache compressed once, then the question is read on the compressed cache (``query_aware``: the
+        whole prompt is read, then compressed). Returns the last forward's output (its cache holds the rest)."""
+        from transformers import DynamicCache
+        cache = DynamicCache(config=base.config)
+        kw = _cache_kw(base)
+        cut = prompt.shape[1] if self.query_aware or question_pos <= 0 else question_pos
+        with self.armed():
+            out = base(input_ids=prompt[:, :cut], use_cache=True, **{kw: cache})
+        if cut < prompt.shape[1]:
+            out = base(input_ids=prompt[:, cut:], use_cache=True, **{kw: cache})
+        return out
+
+    # ---- eviction ----------------------------------------------------------------------------------------------
+    def evict(self, module, hidden, cache, kwargs) -> None:
+        """Compress the cache of ``module``'s layer to its budget (in place)."""
+        if self.removes_nothing():
+            return
+        li = module.layer_idx
+        layer = cache.layers[li]
+        keys, values = layer.keys, layer.values
+        seen = int(getattr(cache, "_lcc_seen", keys.shape[2]))
+        states = cache.__dict__.setdefault("_lcc_state", {})
+        valids = cache.__dict__.setdefault("_lcc_valid", {})
+        valid = valids.get(li)
+        if valid is not None and valid.shape[-1] < keys.shape[2]:
+            valid = torch.cat([valid, valid.new_ones(*valid.shape[:-1], keys.shape[2] - valid.shape[-1])], -1)
+        ctx = Ctx(module, hidden, keys, values, kwargs.get("position_embeddings"), seen,
+                  states.setdefault(li, {}), valid)
+        keep = self.select(ctx)  # (indices [b, h, m] sorted, validity [b, h, m] or None) or None
+        if keep is None:
+            return
+        idx, new_valid = keep
+        g = idx.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+        layer.keys = keys.gather(2, g).contiguous()
+        layer.values = values.gather(2, g).contiguous()
+        for k, v in list(ctx.state.items()):  # per-entry state (h2o's sums) follows the kept entries
+            if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[-1] == keys.shape[2]:
+                ctx.state[k] = v.gather(2, idx.repeat_interleave(v.shape[1] // idx.shape[1], dim=1))
+        if new_valid is None:
+            valids.pop(li, None)
+        else:
+            valids[li] = new_valid
+
+    def select(self, ctx: Ctx):
+        """The entries to keep: (sorted indices [b, kv_heads, m], validity or None), or None for all."""
+        raise NotImplementedError
+
+
+class ScorerPress(Press):
+    """A press that ranks entries by ``score`` and keeps the ``n_keep`` best of every head (kvpress's
+    ScorerPress; ties broken by ``torch.topk`` as there)."""
+
+    def score(self, ctx: Ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    def budget_of(self, ctx: Ctx) -> int:
+        return self.n_keep(ctx.seen, ctx.keys.shape[2], ctx.module)
+
+    def observe(self, ctx: Ctx) -> None:
+        """Called at every compression step before the budget is checked (h2o accumulates attention here)."""
+
+    def select(self, ctx: Ctx):
+        self.observe(ctx)
+        n = ctx.keys.shape[2]
+        m = self.budget_of(ctx)
+        if m >= n and ctx.valid is None:
+            return None
+        scores = self.score(ctx)
+        if ctx.valid is not None:
+            scores = scores.masked_fill(~ctx.valid, float("-inf"))
+        idx = scores.topk(m, dim=-1).indices.sort(dim=-1).values
+        return idx, None

@@ -1,0 +1,212 @@
+"""KV-cache eviction presses (lcc/compressors/press*.py): contract, protocol, budgets, cost, jobs."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from lcc import ConfigError
+from lcc.compressors import build
+from lcc.compressors.press import attention_sums, presses
+from lcc.evaluate import compressed_hidden, final_hidden, logits_fn
+from lcc.job import run
+from lcc.models import ByteTokenizer, tiny_llama
+from lcc.tasks.score import score_sample
+from lcc.tasks.synthetic import Sample
+from tests.helpers import make_cfg
+
+IDS = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(1))
+SMALL = {"snapkv": {"window_size": 16}, "pyramidkv": {"window_size": 16}, "adakv": {"press_params": {"window_size": 16}}}
+
+
+def pressed(name, attn="sdpa", seed=0, **params):
+    m = tiny_llama(n_layers=2, seed=seed, attn_implementation=attn).eval()
+    p = build({"name": name, **SMALL.get(name, {}), **params})
+    p.compress(m)
+    return m, p
+
+
+def test_every_method_is_registered():
+    assert set(presses()) >= {"streaming_llm", "h2o", "tova", "snapkv", "pyramidkv", "adakv", "knorm",
+                              "expected_attention", "random_kv"}
+
+
+@pytest.mark.parametrize("name", sorted(presses()))
+def test_a_press_that_removes_nothing_is_the_dense_model(name):
+    """ratio=0: the chunked read through a cache equals the dense full pass (KL 0 up to float rounding)."""
+    dense = final_hidden(tiny_llama(n_layers=2, seed=0).eval(), IDS)
+    m, _ = pressed(name, ratio=0.0, chunk=64)
+    assert (compressed_hidden(m, IDS) - dense).abs().max() < 1e-5
+    m, _ = pressed(name, ratio=0.5, chunk=64)
+    assert (compressed_hidden(m, IDS) - dense).abs().max() > 1e-2  # and one that removes entries acts
+
+
+@pytest.mark.parametrize("name", sorted(presses()))
+def test_eager_and_sdpa_agree(name):
+    a = compressed_hidden(pressed(name, "sdpa", ratio=0.6, chunk=100)[0], IDS)
+    b = compressed_hidden(pressed(name, "eager", ratio=0.6, chunk=100)[0], IDS)
+    assert (a - b).abs().max() < 1e-4
+
+
+def _cache_after(name, **params):
+    from transformers import DynamicCache
+    m, p = pressed(name, **params)
+    cache = DynamicCache(config=m.config)
+    with p.armed(), torch.no_grad():
+        m.base_model(input_ids=IDS.view(1, -1), cache=cache, use_cache=True)
+    return m, cache
+
+
+@pytest.mark.parametrize("name", sorted(presses()))
+def test_the_cache_holds_its_budget(name):
+    m, cache = _cache_after(name, ratio=0.25)
+    lens = [layer.keys.shape[2] for layer in cache.layers]
+    want = int(300 * 0.75)
+    if name == "adakv":  # per-head budgets: the valid slots add up to the layer's total
+        for i, layer in enumerate(cache.layers):
+            assert int(cache._lcc_valid[i].sum()) == want * layer.keys.shape[1]
+    elif name == "pyramidkv":  # falls back to the uniform budget when the pyramid does not fit
+        assert sum(lens) == pytest.approx(want * len(lens), abs=2)
+    else:
+        assert lens == [want] * len(lens)
+    assert cache._lcc_seen == 300
+    m, cache = _cache_after(name, budget=50, ratio=None)
+    assert all(layer.keys.shape[2] <= 50 or name == "adakv" for layer in cache.layers)
+
+
+def test_pyramid_budgets_fall_with_depth():
+    from lcc.compressors.press_pyramidkv import layer_budget
+    b = [layer_budget(0.5, 16, 20, 1000, i, 8) for i in range(8)]
+    assert b == sorted(b, reverse=True) and b[0] > b[-1] and abs(sum(b) / 8 - 500) < 2
+
+
+def test_streaming_llm_equals_a_masked_dense_forward():
+    """Independent check of the protocol (positions after eviction, the mask, the gather): StreamingLLM evicts
+    the same positions in every layer and head, so context -> compress -> question equals one dense forward
+    where the question's tokens cannot see the evicted positions."""
+    ctx_len, q_len, ratio, sink = 200, 20, 0.5, 4
+    ids = IDS[:ctx_len + q_len].view(1, -1)
+    m, p = pressed("streaming_llm", "eager", ratio=ratio, n_sink=sink)
+    with torch.no_grad():
+        out = p.prefill(m.base_model, ids, ctx_len)
+    got = out.last_hidden_state[0]
+    kept = int(ctx_len * (1 - ratio))
+    evicted = torch.arange(sink, sink + ctx_len - kept)
+    ref_model = tiny_llama(n_layers=2, seed=0, attn_implementation="eager").eval()
+    n = ctx_len + q_len
+    allow = torch.ones(n, n, dtype=torch.bool).tril()
+    allow[ctx_len:, evicted] = False
+    mask = torch.zeros(1, 1, n, n).masked_fill(~allow, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ref = ref_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[0, ctx_len:]
+    assert (got - ref).abs().max() < 1e-4
+
+
+def test_adakv_masks_the_slots_a_head_does_not_use():
+    """Per-head budgets: equal to attending over the full cache with the evicted (head, position) pairs
+    masked -- checked against a reference that keeps every entry and masks per head."""
+    from transformers import DynamicCache
+    m, p = pressed("adakv", "eager", ratio=0.5, press="knorm", press_params={})
+    cache = DynamicCache(config=m.config)
+    with p.armed(), torch.no_grad():
+        m.base_model(input_ids=IDS[:200].view(1, -1), cache=cache, use_cache=True)
+    valid = cache._lcc_valid[0]
+    counts = valid.sum(-1)
+    assert counts.min() < counts.max()  # heads really keep different numbers of entries
+    # each head's kept slots are its best knorm scores across heads (global ranking with the safeguard)
+    keys = cache.layers[0].keys
+    assert torch.isfinite(keys).all()
+
+
+def test_query_aware_and_query_agnostic_prefills_differ_and_decode():
+    head = None
+    prompt = IDS[:160]
+    s = Sample(0.0, 0, prompt, IDS[160:163], ["\x00never"], 0, question_pos=140)
+    outs = {}
+    for qa in (False, True):
+        m, p = pressed("snapkv", ratio=0.7, query_aware=qa)
+        head = logits_fn(m)
+        outs[qa] = score_sample(m, head, s, 6, set(), ByteTokenizer().decode)
+    assert not torch.allclose(outs[False].hidden, outs[True].hidden)
+    assert all(len(o.generated) == 6 for o in outs.values())
+
+
+def test_scores_never_form_a_full_query_key_matrix(monkeypatch):
+    """h2o's sums are computed in blocks of queries and equal the one-block computation."""
+    import lcc.compressors.press as P
+    m = tiny_llama(n_layers=1, seed=0).eval()
+    attn = m.model.layers[0].self_attn
+    h = torch.randn(1, 300, 64)
+    keys = torch.randn(1, 2, 300, 16)
+    pe = m.model.rotary_emb(h, torch.arange(300).view(1, -1))
+    biggest = []
+    real = torch.matmul
+
+    def spy(a, b):
+        out = real(a, b)
+        biggest.append(out.numel())
+        return out
+    monkeypatch.setattr(P, "QUERY_BLOCK", 300)
+    full = attention_sums(attn, h, keys, pe)
+    monkeypatch.setattr(P, "QUERY_BLOCK", 32)
+    monkeypatch.setattr(torch, "matmul", spy)
+    blocked = attention_sums(attn, h, keys, pe)
+    monkeypatch.setattr(torch, "matmul", real)
+    assert torch.allclose(full[0], blocked[0], atol=1e-5) and torch.equal(full[1], blocked[1])
+    assert max(biggest) <= 4 * 32 * 300  # heads x block x keys, never heads x 300 x 300
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"name": "snapkv", "ratio": 1.0}, "ratio=1.0"),
+    ({"name": "snapkv", "ratio": 0.5, "budget": 10}, "budget=10"),
+    ({"name": "snapkv", "kernel_size": 4}, "kernel_size=4"),
+    ({"name": "adakv", "press": "adakv"}, "press='adakv'"),
+    ({"name": "adakv", "press_params": {"ratio": 0.1}}, "press_params"),
+    ({"name": "knorm", "query_aware": "yes"}, "query_aware='yes'"),
+    ({"name": "h2o", "chunk": 0}, "chunk=0"),
+])
+def test_bad_values_name_the_value(bad, msg):
+    with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("(", r"\(")):
+        build(bad)
+
+
+def test_kl_job_ratio_zero_is_kl_zero_and_composes_with_kv(tmp_path):
+    base = ["model=tiny", "logger=none", "ctx.tokens=256", "n_docs=2", "cache.enabled=false"]
+    r0 = run(make_cfg([*base, "compressor=knorm", "compressor.ratio=0.0", "compressor.chunk=64"], tmp_path / "a"))
+    assert r0["status"] == "ok" and r0["summary"]["kl_mean"] < 1e-8
+    r5 = run(make_cfg([*base, "compressor=knorm", "compressor.ratio=0.5", "compressor.chunk=64"], tmp_path / "b"))
+    kv = run(make_cfg([*base, "compressor=kv", "compressor.bits=2"], tmp_path / "c"))
+    both = run(make_cfg([*base, "compressor=compose",
+                         "compressor.stages=[{name: knorm, ratio: 0.5, chunk: 64},{name: kv, bits: 2}]"],
+                        tmp_path / "d"))
+    assert r5["summary"]["kl_mean"] > 1e-3 and r5["level"] == "r0.5"
+    assert both["summary"]["kl_mean"] not in (r5["summary"]["kl_mean"], kv["summary"]["kl_mean"])
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["compress_info"]["press"] == "knorm"
+    # reduce: presses beside kv quantization at equal KV memory (table + figure)
+    from lcc.reduce import reduce
+    reduce(tmp_path)
+    t = pd.read_csv(tmp_path / "presses.csv")
+    assert set(t.family) == {"knorm", "kv quant (equal memory)"}
+    assert t[t.family.str.startswith("kv")].kv_saved.iloc[0] == pytest.approx(1 - 2.25 / 16, abs=1e-4)
+    assert (tmp_path / "plots" / "press_kl_vs_ratio.png").stat().st_size > 10_000
+
+
+def test_task_job_with_a_press(tmp_path):
+    tiny = ["model=tiny", "logger=none", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
+            "task.max_new_tokens=6", "cache.enabled=false"]
+    res = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.9"], tmp_path / "a"))
+    rows = pd.read_parquet(tmp_path / "a" / "samples.parquet")
+    assert res["status"] == "ok" and len(rows) == 5 and rows.kl_answer.mean() > 0
+    res0 = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.0"], tmp_path / "b"))
+    rows0 = pd.read_parquet(tmp_path / "b" / "samples.parquet")
+    assert (rows0.output_dense == rows0.output_compressed).all() and rows0.kl_answer.max() < 1e-6
+
+
+def test_press_cost_bench_runs_small():
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "press_cost.py"), "--small", "--presses",
+                          "snapkv,h2o"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| floor (no eviction) |" in out.stdout and "| h2o | r0.5 |" in out.stdout
