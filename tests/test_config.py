@@ -20,6 +20,8 @@ def options(group):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option, tmp_path):
     extra = ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
+    if (group, option) == ("compressor", "checkpoint"):
+        extra.append("compressor.path=some/model")  # a hub id (no default checkpoint)
     if group == "data" and option == "text":
         (tmp_path / "x.txt").write_text("some text\n")
         extra.append(f"data.paths=[{tmp_path / 'x.txt'}]")

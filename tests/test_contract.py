@@ -38,7 +38,20 @@ EXTRA = {
     "kv(fp8)": ["compressor=kv", "compressor.format=fp8", "compressor.fp8_scale=head"],
     "compose(nvfp4+kv fp8)": ["compressor=compose", "compressor.stages=[{name: nvfp4},{name: kv, format: fp8}]"],
 }
-CASES = {name: [f"compressor={name}"] for name in sorted(REGISTRY)} | EXTRA
+
+
+def _tiny_checkpoint() -> str:
+    """A saved checkpoint of the tiny model with other weights: what compressor=checkpoint loads."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="lcc-tiny-ckpt-")
+    tiny_llama(n_layers=2, seed=1).save_pretrained(d)
+    return d
+
+
+#: compressors whose defaults leave a required parameter unset (checkpoint: which checkpoint)
+REQUIRED = {"checkpoint": {"path": _tiny_checkpoint()}}
+CASES = {name: [f"compressor={name}", *(f"compressor.{k}={v}" for k, v in REQUIRED.get(name, {}).items())]
+         for name in sorted(REGISTRY)} | EXTRA
 #: cases whose every touched Linear ends on an integer grid (the cache stores them as codes)
 QUANTIZERS = {"quant", "gptq", "mixed", "mixed(wanda)", "quant_wa(weights only)", "compose", "compose(wanda+gptq)"}
 CALIB = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
@@ -118,7 +131,8 @@ def test_defaults_live_in_python_only(name):
     targets = {"targets": {"modules": None, "layers": None, "lm_head": False}} if cls.uses_targets else {}
     assert node == {"name": name, **targets, **fields}
     assert not (ROOT / "lcc" / "conf" / "compressor").exists()
-    assert build(node).params() == build({"name": name}).params()
+    req = REQUIRED.get(name, {})
+    assert build({**node, **req}).params() == build({"name": name, **req}).params()
 
 
 @pytest.mark.parametrize("cfg,needle", [

@@ -464,6 +464,10 @@ class Compressor:
                                   f"their weights in a layout lcc does not know (not a transformers "
                                   f"use_experts_implementation class), so they would stay dense")
 
+    def check_inputs(self, tokenizer: Any, ids: torch.Tensor) -> None:
+        """Checks that need the job's tokenizer and token ids (``ids``: the job's own windows or prompts), run
+        before any evaluation; raise ConfigError. Default: nothing (a checkpoint checks its tokenizer)."""
+
     # ---- work ----------------------------------------------------------------------------------
     def compress(self, model: nn.Module, calib: torch.Tensor | None = None) -> dict[str, Any]:
         """Compress ``model`` in place. ``calib`` is a LongTensor [n_samples, seqlen] of token ids

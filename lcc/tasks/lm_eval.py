@@ -35,13 +35,16 @@ INSTALL = "pip install -e '.[tasks]'   (or: make venv)"
 
 
 @functools.lru_cache(maxsize=8)
-def task_manager(include_path: str | None):
+def task_manager(include_path: str | None, metadata: str | None = None):
+    """lm-eval's TaskManager (``metadata``: the JSON of the metadata every task gets, e.g. RULER's tokenizer
+    and ``max_seq_lengths``)."""
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise ConfigError(f"task=lm_eval needs the package 'lm-eval', which is not installed ({e}). "
                           f"Install it with: {INSTALL}") from e
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    meta = json.loads(metadata) if metadata else None
+    return TaskManager(include_path=include_path, metadata=meta) if include_path else TaskManager(metadata=meta)
 
 
 @register
@@ -58,6 +61,7 @@ class LmEval(Task):
     apply_chat_template: bool = False
     bootstrap_iters: int = 1000   # lm-eval's bootstrap for the standard errors of non-mean metrics
     match_within: float = 0.05    # LLM-KICK's "matching": within 5 % of the dense score
+    metadata: Any = None          # lm-eval task metadata (RULER: tokenizer and max_seq_lengths=[ctx] by default)
 
     def check(self) -> None:
         t = self.tasks
@@ -80,6 +84,9 @@ class LmEval(Task):
         m = self.match_within
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
             raise ConfigError(f"task.match_within={m!r} is invalid; valid: a number in [0, 1)")
+        if self.metadata is not None and not isinstance(self.metadata, dict):
+            raise ConfigError(f"task.metadata={self.metadata!r} is invalid; valid: null or a mapping of lm-eval "
+                              f"task metadata, e.g. {{max_seq_lengths: [4096]}}")
 
     def check_job(self, cfg: Any) -> None:
         """Unknown task names fail before launch, with the closest known names."""
@@ -89,6 +96,8 @@ class LmEval(Task):
             hints = {t: difflib.get_close_matches(t, known, n=3) for t in bad}
             raise ConfigError(f"task.tasks: unknown lm-eval task(s) {bad}; closest known: {hints} "
                               f"(all: `lm_eval ls tasks`; local tasks need task.include_path)")
+        from lcc.tasks.bridge import check_ruler
+        check_ruler(self, cfg, task_manager(self.include_path))
 
 
 def _metric_rows(res: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
@@ -108,7 +117,9 @@ def _sample_frame(res: dict, which: str) -> pd.DataFrame:
     rows = []
     for tname, samples in (res.get("samples") or {}).items():
         for s in samples:
-            row = {"lm_task": tname, "doc_id": s.get("doc_id"), "filter": s.get("filter")}
+            row = {"lm_task": tname, "doc_id": s.get("doc_id"), "filter": s.get("filter"),
+                   # the model's outputs: generated text, or (log-likelihood, is_greedy) per choice, as JSON
+                   f"output_{which}": json.dumps(s.get("filtered_resps"), default=str)}
             for m in s.get("metrics", []):
                 v = s.get(m)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -119,24 +130,27 @@ def _sample_frame(res: dict, which: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _run(task: LmEval, model, tok, max_length: int, seed: int) -> dict:
+def _run(task: LmEval, model, tok, max_length: int, seed: int, metadata: dict | None = None) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=task.batch_size, max_length=max_length,
               device=str(next(model.parameters()).device))
+    meta = json.dumps(metadata, sort_keys=True) if metadata else None
     return simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
-                           task_manager=task_manager(task.include_path), log_samples=True,
+                           task_manager=task_manager(task.include_path, meta), log_samples=True,
                            bootstrap_iters=task.bootstrap_iters, apply_chat_template=task.apply_chat_template,
                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                            fewshot_random_seed=seed)
 
 
 def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
-    """lcc.job's load and compress steps around lm-eval's dense and compressed evaluations."""
-    from lcc.cache import settings
+    """lcc.job's load and compress steps around lm-eval's dense and compressed evaluations. The dense results
+    go through the shared dense cache (lcc.tasks.bridge): k compressors of a sweep cost k + 1 evaluations."""
+    from lcc.cache import TensorStore, settings
     from lcc.data import calibration_batch
     from lcc.job import compress_step, load_step
+    from lcc.tasks import bridge
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -148,22 +162,45 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
     if not hasattr(tok, "apply_chat_template"):
         raise ConfigError(f"task=lm_eval needs a Hugging Face tokenizer; model={cfg.model.name} has "
                           f"{type(tok).__name__}")
-    max_length = int(task.max_length or cfg.ctx.tokens)
+    ctx = int(cfg.ctx.tokens)
+    max_length = int(task.max_length or ctx)
     timings["load_s"] = m.seconds
     calib = calibration_batch(cfg.calib, tok) if comp.needs_calibration() else None
     comp.check_targets(model)
+    comp.check_inputs(tok, _probe_ids(tok))  # e.g. a checkpoint's tokenizer: before any evaluation
+    ruler = bridge.ruler_tasks(task_manager(task.include_path), task.tasks)
+    meta = bridge.task_metadata(task, bool(ruler), tok, ctx)
 
-    t = time.perf_counter()
-    dense = _run(task, model, tok, max_length, int(cfg.seed))
-    timings["dense_eval_s"] = time.perf_counter() - t
+    def run_lm():
+        try:
+            return _run(task, model, tok, max_length, int(cfg.seed), meta)
+        except Exception as e:  # a RULER task whose hub data is unreachable: say which and what runs offline
+            if (clear := bridge.hub_failure(ruler, e)):
+                raise clear from e
+            raise
+
+    cache: dict[str, Any] = {"dense": "off"}
+    if caches.enabled and caches.dense:
+        store = TensorStore(caches.dir, "dense")
+        inputs = bridge.dense_inputs(cfg, task, model, meta, m.device, m.dtype)
+        t = time.perf_counter()
+        dense, timings["dense_eval_s"], cache["dense"], cache["dense_key"] = bridge.dense_results(
+            store, inputs, run_lm)
+        timings["dense_cache_s"] = time.perf_counter() - t - (0.0 if cache["dense"] == "hit"
+                                                              else timings["dense_eval_s"])
+        cache["dir"] = str(caches.dir)
+    else:
+        t = time.perf_counter()
+        dense = bridge._slim(run_lm())
+        timings["dense_eval_s"] = time.perf_counter() - t
     compression = compress_step(comp, model, calib, cfg.seed,
                                 caches.compressed_cache(cfg, comp, model, calib, m.device, m.dtype),
                                 uncached=caches.uncached_status(comp))
     timings["compress_s"] = compression.compress_s
     info = compression.info
-    cache = {"dense": "off", "compressed": compression.status}
+    cache["compressed"] = compression.status
     t = time.perf_counter()
-    compd = _run(task, model, tok, max_length, int(cfg.seed))
+    compd = bridge._slim(run_lm())
     timings["compressed_eval_s"] = time.perf_counter() - t
 
     md, mc = _metric_rows(dense), _metric_rows(compd)
@@ -175,10 +212,13 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
         rows.append({"lm_task": key[0], "metric": key[1], "dense": d, "dense_se": dse, "compressed": c,
                      "compressed_se": cse, "delta": c - d, "rel_delta": (c - d) / abs(d) if d else None,
                      "matching": bool(abs(c - d) <= task.match_within * abs(d))})
+    rows = bridge.drop_unmeasured(rows, ruler)
     if not rows:
         raise RuntimeError(f"lm-eval returned no numeric metric for {task.tasks}")
+    bridge.same_prompts(dense, compd)
     sd, sc = _sample_frame(dense, "dense"), _sample_frame(compd, "compressed")
     files = []
+    samples = pd.DataFrame()
     if not sd.empty and not sc.empty:
         samples = sd.merge(sc, on=["lm_task", "doc_id", "filter"], how="outer")
         write_parquet(out / "samples.parquet", samples)
@@ -189,12 +229,23 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
                "score_delta": first["delta"], "matching": first["matching"],
                "primary": f"{first['lm_task']}/{first['metric']}",
                "n_docs": int(sum(len(v) for v in (dense.get("samples") or {}).values()))}
+    result = {}
+    if ruler:  # RULER's score at the job's length, per task: an accuracy beside passkey / niah in reduce
+        result["ruler"] = bridge.ruler_rows(rows, ruler, bridge.ruler_lengths(task.metadata, ctx), samples)
     timings["total_s"] = time.perf_counter() - t0
-    return {"model": cfg.model.name, "data": "lm_eval", "ctx": int(cfg.ctx.tokens), "task": task.name,
+    return {"model": cfg.model.name, "data": "lm_eval", "ctx": ctx, "task": task.name,
             "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
-            "summary": summary, "lm_eval": rows, "timings": timings, "files": files,
+            "summary": summary, "lm_eval": rows, **result, "timings": timings, "files": files,
             "checksums": file_records(out, files), "cache": cache,
             "lm_eval_versions": {"lm_eval": _version()}}
+
+
+def _probe_ids(tok) -> torch.Tensor:
+    """Token ids of a stretch of CPython's docs (offline): what a compressor checks a tokenizer against."""
+    import pydoc_data.topics as topics
+
+    text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics)[:40])
+    return torch.tensor(tok(text)["input_ids"][:4096])
 
 
 def _version() -> str:

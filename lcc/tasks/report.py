@@ -44,6 +44,9 @@ def load(sweep_dir: Path, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
                 "compressor": res.get("compressor"), "level": res.get("level"), "ctx": int(res.get("ctx"))}
         if res.get("lm_eval"):
             lm += [{**base, **row} for row in res["lm_eval"]]
+            # RULER through lm-eval: its per-length score is an accuracy, tabulated beside passkey / niah
+            per_job += [{**base, "task": r["task"], **{k: v for k, v in r.items() if k not in ("task", "length")}}
+                        for r in res.get("ruler", []) if r.get("length") == base["ctx"]]
             continue
         per_job.append({**base, **res["summary"]})
         per_depth += [{**base, **d} for d in res.get("by_depth", [])]

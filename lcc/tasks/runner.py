@@ -131,6 +131,7 @@ def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
     log.info("task %s: %d prompts of %d tokens (%d depths x %d)", task.name, len(samples), ctx,
              len(task.depths), task.n_samples)
     comp.check_targets(m.model)
+    comp.check_inputs(m.tokenizer, torch.cat([s.prompt for s in samples[:8]]))
 
     def decode(ids: list[int]) -> str:
         return m.tokenizer.decode(ids, skip_special_tokens=True)
