@@ -42,7 +42,6 @@ key is quantized with the statistics of its whole channel group so far.
 from __future__ import annotations
 
 import fnmatch
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 
 from lcc import ConfigError
 from lcc.compressors import formats
+from lcc.compressors.attention_fns import base_function, register_attention
 from lcc.compressors.base import Compressor, choice, decoder_layers, groups, ints, param
 from lcc.compressors.quantize import fake_quant
 
@@ -105,16 +105,6 @@ class KVSpec:
         return self._rest(v, lambda x: fake_quant(x, self.bits, self.group_size, self.sym))
 
 
-def _base_function(base: str, module):
-    if base == "eager":
-        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-        if fn is None:
-            from transformers.models.llama.modeling_llama import eager_attention_forward as fn
-        return fn
-    from transformers.modeling_utils import AttentionInterface
-    return AttentionInterface._global_mapping[base]
-
-
 def _allowed(attention_mask, a, e, hi, qpos, kpos, dtype):
     """Boolean [b|1, 1|h, e-a, hi] of allowed (query, key) pairs for queries a..e-1 and keys 0..hi-1."""
     if attention_mask is None:
@@ -158,7 +148,7 @@ def windowed_attention(module, query, k_q, k_fp, v_q, v_fp, attention_mask, wind
 def make_attention(base: str):
     def lcc_kv_attention(module, query, key, value, attention_mask, *args, **kwargs):
         spec: KVSpec | None = getattr(module, "_lcc_kv", None)
-        fn = _base_function(base, module)
+        fn = base_function(base, module)
         if spec is None:
             return fn(module, query, key, value, attention_mask, *args, **kwargs)
         rot = getattr(module, "_lcc_qk_rotation", None)  # rotate's online Hadamard: q·kᵀ unchanged, keys rotated
@@ -174,23 +164,6 @@ def make_attention(base: str):
         return fn(module, query, key, value, attention_mask, *args, **kwargs)
     lcc_kv_attention.__name__ = f"{PREFIX}{base}"
     return lcc_kv_attention
-
-
-def register_attention(base: str) -> str:
-    """Register ``lcc_kv_<base>`` (attention and mask functions); returns its name."""
-    from transformers.masking_utils import AttentionMaskInterface
-    from transformers.modeling_utils import AttentionInterface
-
-    name = PREFIX + base
-    if name not in AttentionInterface._global_mapping:
-        if base != "eager" and base not in AttentionInterface._global_mapping:
-            raise ConfigError(f"kv: the model's attention implementation {base!r} is not supported; "
-                              f"valid: eager, {', '.join(sorted(AttentionInterface._global_mapping))}")
-        AttentionInterface.register(name, make_attention(base))
-    if name not in AttentionMaskInterface._global_mapping:
-        mask_base = "sdpa" if base not in AttentionMaskInterface._global_mapping else base
-        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[mask_base])
-    return name
 
 
 def block_attention(block) -> dict[str, torch.nn.Module]:
@@ -340,7 +313,7 @@ class KVQuant(Compressor):
         base = getattr(cfg, "_attn_implementation", None) or "eager"
         if base.startswith(PREFIX):
             base = base[len(PREFIX):]
-        name = register_attention(base)
+        name = register_attention(PREFIX, base, make_attention, 'kv')
         cfg._attn_implementation = name
         spec = KVSpec(int(self.bits), int(self.group_size), self.key_mode, bool(self.sym), bool(self.pre_rope),
                       int(self.sink), int(self.window), self.format, self.fp8_scale)

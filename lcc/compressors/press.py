@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
+from lcc.compressors.attention_fns import base_function, register_attention
 from lcc.compressors.base import Compressor, Valid, ints, param
 
 PREFIX = "lcc_press_"
@@ -62,19 +63,11 @@ def presses() -> dict[str, type["Press"]]:
 
 
 # ---- the attention function ---------------------------------------------------------------------------------
-def _base_function(base: str, module):
-    if base == "eager":
-        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-        if fn is None:
-            from transformers.models.llama.modeling_llama import eager_attention_forward as fn
-        return fn
-    from transformers.modeling_utils import AttentionInterface
-    return AttentionInterface._global_mapping[base]
 
 
 def make_attention(base: str):
     def lcc_press_attention(module, query, key, value, attention_mask, *args, **kwargs):
-        fn = _base_function(base, module)
+        fn = base_function(base, module)
         valid = getattr(module, "_lcc_cur_valid", None)
         q, k = query.shape[2], key.shape[2]
         if getattr(module, "_lcc_press", None) is None or (k == q and valid is None):
@@ -95,22 +88,6 @@ def make_attention(base: str):
         return fn(module, query, key, value, mask, *args, **kwargs)
     lcc_press_attention.__name__ = PREFIX + base
     return lcc_press_attention
-
-
-def register_attention(base: str) -> str:
-    from transformers.masking_utils import AttentionMaskInterface
-    from transformers.modeling_utils import AttentionInterface
-
-    name = PREFIX + base
-    if name not in AttentionInterface._global_mapping:
-        if base != "eager" and base not in AttentionInterface._global_mapping:
-            raise ConfigError(f"press: the model's attention implementation {base!r} is not supported; "
-                              f"valid: eager, sdpa")
-        AttentionInterface.register(name, make_attention(base))
-    if name not in AttentionMaskInterface._global_mapping:
-        mask_base = base if base in AttentionMaskInterface._global_mapping else "sdpa"
-        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[mask_base])
-    return name
 
 
 # ---- hooks -------------------------------------------------------------------------------------------------
@@ -387,7 +364,7 @@ class Press(Compressor):
                               f"no attention module (modules with k_proj and v_proj, or ...Attention modules)")
         cfg = model.config
         base_impl = getattr(cfg, "_attn_implementation", None) or "eager"
-        name = register_attention(base_impl) if not base_impl.startswith(PREFIX) else base_impl
+        name = register_attention(PREFIX, base_impl, make_attention, 'press') if not base_impl.startswith(PREFIX) else base_impl
         cfg._attn_implementation = name
         base = model.base_model
         rotary = getattr(base, "rotary_emb", None)
