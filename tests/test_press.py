@@ -131,6 +131,29 @@ def test_query_aware_and_query_agnostic_prefills_differ_and_decode():
     assert all(len(o.generated) == 6 for o in outs.values())
 
 
+@pytest.mark.parametrize("name", sorted(presses()))
+def test_generate_on_prefill_is_the_query_aware_protocol(name):
+    """``with press.on_prefill(model): model.generate(prompt)`` (the lm-eval bridge's generation) compresses the
+    prompt's cache once and decodes on it without evicting: token for token lcc's own query-aware protocol
+    (``press.prefill`` of the whole prompt, then greedy decoding on the compressed cache)."""
+    m, p = pressed(name, ratio=0.5, query_aware=True)
+    prompt = IDS.view(1, -1)
+    with p.on_prefill(m), torch.no_grad():
+        out = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False,
+                         pad_token_id=0, eos_token_id=None, return_dict_in_generate=True)
+    assert not p._armed
+    cache = out.past_key_values
+    assert cache.get_seq_length() < prompt.shape[1] and cache._lcc_seen == prompt.shape[1] + 11  # it evicted
+    with torch.no_grad():
+        o = p.prefill(m.base_model, prompt, prompt.shape[1])
+        own, gen = o.past_key_values, [int(m.lm_head(o.last_hidden_state[:, -1]).argmax(-1))]
+        while len(gen) < 12:
+            o = m.base_model(input_ids=torch.tensor([[gen[-1]]]), use_cache=True, cache=own)
+            gen.append(int(m.lm_head(o.last_hidden_state[:, -1]).argmax(-1)))
+    assert out.sequences[0, prompt.shape[1]:].tolist() == gen
+    assert own.get_seq_length() == cache.get_seq_length()
+
+
 def test_scores_never_form_a_full_query_key_matrix(monkeypatch):
     """h2o's sums are computed in blocks of queries and equal the one-block computation."""
     import lcc.compressors.press as P

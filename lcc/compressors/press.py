@@ -399,6 +399,23 @@ class Press(Compressor):
         finally:
             self._armed = old
 
+    @contextlib.contextmanager
+    def on_prefill(self, model):
+        """Inside: a forward that starts a KV cache (none given, or an empty one) is armed, every later one is
+        not -- ``model.generate(prompt)`` compresses the prompt's cache once, after reading all of it, and decodes
+        on the compressed cache without evicting (kvpress's ``with press(model): model.generate(...)``). Used by
+        the lm-eval bridge, whose prompts have no separate question (so it is the query-aware protocol)."""
+        def arm(mod, args, kwargs):
+            cache = _cache_of(kwargs)
+            self._armed = cache is None or cache.get_seq_length() == 0
+        hook = model.base_model.register_forward_pre_hook(arm, with_kwargs=True, prepend=True)
+        old = self._armed
+        try:
+            yield self
+        finally:
+            hook.remove()
+            self._armed = old
+
     # ---- the protocols: chunked reading (task=kl) and context / question (synthetic tasks) -------------------------
     @torch.inference_mode()
     def read(self, model, ids: torch.Tensor) -> torch.Tensor:
