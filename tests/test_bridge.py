@@ -109,6 +109,34 @@ def test_ruler_runs_offline_at_ctx_with_dense_scores_cached_across_compressors(t
     assert {"acc_dense", "acc_compressed", "acc_delta", "n_prompts"} <= set(per_job.columns)
 
 
+def test_a_press_with_log_likelihood_tasks_fails_before_launch(tmp_path):
+    """A KV press acts on generation's cache; lm-eval's log-likelihood tasks read without one (the compressed
+    side would be the dense model): refused, naming the task and its output type, alone or in compose."""
+    from lcc.tasks.lm_eval import make_pydoc_task
+    inc = make_pydoc_task(tmp_path / "tasks", n_docs=4)
+    for comp in (["compressor=snapkv"], ["compressor=compose", "compressor.stages=[{name: quant},{name: h2o}]"]):
+        with pytest.raises(ConfigError, match=r"\{'lcc_pydoc_cloze': 'multiple_choice'\} are not generation tasks"):
+            validate(make_cfg(["task=lm_eval", "task.tasks=[lcc_pydoc_cloze]", f"task.include_path={inc}", *comp],
+                              "-"))
+    validate(make_cfg(["task=lm_eval", "task.tasks=[niah_single_1]", "compressor=snapkv"], "-"))
+
+
+@pytest.mark.slow
+def test_a_press_acts_in_lm_evals_generation(tiny_hf, tmp_path):
+    """RULER through the bridge with a press: ratio 0 answers exactly as the dense model; streaming_llm keeping
+    a tenth of each prompt's cache answers otherwise (the press compressed the cache of lm-eval's generate())."""
+    common = hf(tiny_hf, "task=lm_eval", "task.tasks=[niah_single_1]", "task.limit=2", "ctx=1k",
+                "compressor=streaming_llm", "cache.enabled=false")
+    outs = {}
+    for ratio in (0.0, 0.9):
+        res = run(make_cfg([*common, f"compressor.ratio={ratio}"], tmp_path / str(ratio)))
+        assert res["status"] == "ok"
+        s = pd.read_parquet(tmp_path / str(ratio) / "samples.parquet")
+        outs[ratio] = (list(s["output_dense"]), list(s["output_compressed"]))
+    assert outs[0.0][0] == outs[0.0][1]
+    assert outs[0.9][0] == outs[0.0][0] and outs[0.9][1] != outs[0.9][0]
+
+
 def _samples(out: Path, task: str) -> dict[int, dict]:
     (f,) = sorted(out.rglob(f"samples_{task}_*.jsonl"))
     return {s["doc_id"]: s for s in map(json.loads, f.read_text().splitlines())}

@@ -12,6 +12,8 @@ stays the real code path (``HUB_DATA``: a failure to reach it names the task and
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -81,6 +83,48 @@ def is_ruler(tm, name: str) -> bool:
 
 def ruler_tasks(tm, names: list[str]) -> list[str]:
     return [t for t in leaves(tm, names) if is_ruler(tm, t)]
+
+
+# ---- KV-eviction presses ---------------------------------------------------------------------------
+def press_names(compressor: Any) -> list[str]:
+    """The KV-eviction presses a compressor config runs (itself, or ``compose`` stages)."""
+    from lcc.compressors.press import presses
+    known = presses()
+    stages = compressor.get("stages") if compressor.get("name") == "compose" else [compressor]
+    return [s.get("name") for s in (stages or []) if hasattr(s, "get") and s.get("name") in known]
+
+
+def check_press(task: Any, cfg: Any, tm) -> None:
+    """A press acts on the KV cache of generation (each prompt read, its cache compressed once, then decoding);
+    lm-eval's log-likelihood tasks read every input in one forward without a cache, so a press would not act and
+    the compressed side would be the dense model: refused before launch."""
+    found = press_names(cfg.compressor)
+    if not found:
+        return
+    from lm_eval.tasks._yaml_loader import load_yaml
+    bad = {}
+    for t in leaves(tm, task.tasks):
+        e = tm.task_index[t]
+        kind = (load_yaml(e.yaml_path, resolve_func=False).get("output_type") if e.yaml_path else None) \
+            or (e.cfg or {}).get("output_type") or "generate_until"
+        if kind != "generate_until":
+            bad[t] = kind
+    if bad:
+        raise ConfigError(f"compressor={'+'.join(found)} with task=lm_eval: {bad} are not generation tasks; a KV "
+                          f"press acts on the cache of generation only (valid: generate_until tasks, e.g. RULER's "
+                          f"niah_single_1, LongBench); log-likelihood tasks would score the dense model")
+
+
+@contextlib.contextmanager
+def press_generation(model):
+    """The compressed side's lm-eval run: with a press installed, each ``generate()`` compresses the prompt's cache
+    once, after reading all of it (query-aware: lm-eval prompts end with the question), and decodes on it."""
+    press = getattr(model, "_lcc_press", None)
+    if press is None:
+        yield
+        return
+    with press.on_prefill(model):
+        yield
 
 
 # ---- RULER's metadata -----------------------------------------------------------------------------

@@ -96,8 +96,9 @@ class LmEval(Task):
             hints = {t: difflib.get_close_matches(t, known, n=3) for t in bad}
             raise ConfigError(f"task.tasks: unknown lm-eval task(s) {bad}; closest known: {hints} "
                               f"(all: `lm_eval ls tasks`; local tasks need task.include_path)")
-        from lcc.tasks.bridge import check_ruler
+        from lcc.tasks.bridge import check_press, check_ruler
         check_ruler(self, cfg, task_manager(self.include_path))
+        check_press(self, cfg, task_manager(self.include_path))
 
 
 def _metric_rows(res: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
@@ -200,7 +201,8 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
     info = compression.info
     cache["compressed"] = compression.status
     t = time.perf_counter()
-    compd = bridge._slim(run_lm())
+    with bridge.press_generation(model):  # a KV-eviction press compresses each prompt's cache once, after reading it
+        compd = bridge._slim(run_lm())
     timings["compressed_eval_s"] = time.perf_counter() - t
 
     md, mc = _metric_rows(dense), _metric_rows(compd)
