@@ -7,12 +7,10 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
-from lcc.tasks.base import REGISTRY, Task, get, register  # noqa: F401
+from lcc.tasks.base import REGISTRY, Task, get  # noqa: F401
 
-#: modules of this package that define no task
-_NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words", "prelaunch"}
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
-    if _m.name not in _NOT_TASKS:
+    if _m.name != "__main__":  # every module: those that define a task register it (lcc.tasks.base)
         importlib.import_module(f"{__name__}.{_m.name}")
 
 

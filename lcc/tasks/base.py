@@ -9,8 +9,8 @@ them (a ``ConfigError`` naming the value and the valid choices), and ``kind`` sa
   the answer positions);
 * ``lm_eval``: an lm-evaluation-harness task run on the in-memory model (``lcc.tasks.lm_eval``).
 
-Every module of ``lcc/tasks/`` that defines a task registers it with ``@register``; ``lcc.tasks`` imports
-them all (module discovery), so adding a task is adding one module plus ``lcc/conf/task/<name>.yaml``.
+A subclass that sets ``name`` registers itself (``lcc.registry``: a second task under a taken name is an error);
+``lcc.tasks`` imports every module of the package (module discovery), so adding a task is adding one module.
 """
 from __future__ import annotations
 
@@ -19,19 +19,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lcc import ConfigError
+from lcc.registry import Registry
 
-REGISTRY: dict[str, type["Task"]] = {}
-
-
-def register(cls: type["Task"]) -> type["Task"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type["Task"]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown task {name!r}; valid choices: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+#: every task by name (a subclass that sets ``name`` registers itself)
+REGISTRY: Registry[type["Task"]] = Registry("task")
+get = REGISTRY.get
 
 
 @dataclass
@@ -40,6 +32,11 @@ class Task:
 
     name: ClassVar[str]
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "name" in vars(cls):
+            REGISTRY.register(cls)
 
     @classmethod
     def param_names(cls) -> list[str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lcc.tasks.base import Task, register
+from lcc.tasks.base import Task
 
 
-@register
 @dataclass
 class KL(Task):
     name: ClassVar[str] = "kl"

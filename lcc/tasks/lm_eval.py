@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from lcc import ConfigError, compressors
 from lcc.io import file_records, write_parquet
-from lcc.tasks.base import Task, check_bool, check_int, register
+from lcc.tasks.base import Task, check_bool, check_int
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install -e '.[tasks]'   (or: make venv)"
@@ -47,7 +47,6 @@ def task_manager(include_path: str | None, metadata: str | None = None):
     return TaskManager(include_path=include_path, metadata=meta) if include_path else TaskManager(metadata=meta)
 
 
-@register
 @dataclass
 class LmEval(Task):
     name: ClassVar[str] = "lm_eval"
