@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lcc import compressors
-from lcc.io import file_records, write_parquet
+from lcc.cache import TensorStore
 from lcc.evaluate import logits_fn
+from lcc.io import write_parquet
 from lcc.metrics.summary import prompt_summary
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
@@ -112,57 +112,29 @@ def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_h
     return pd.DataFrame(out)
 
 
-def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
-    """The task recipe: lcc.job's load and compress steps around the prompts and the two scorings."""
-    from lcc.cache import TensorStore, settings
-    from lcc.data import calibration_batch
-    from lcc.job import compress_step, dense_head, load_step
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    comp = compressors.build(cfg.compressor)
-    caches = settings(cfg)
-    m = load_step(cfg)
-    ctx = int(cfg.ctx.tokens)
-    t = time.perf_counter()
-    samples = task.samples(m.tokenizer, ctx, int(cfg.seed), cfg.data)
-    calib = calibration_batch(cfg.calib, m.tokenizer) if comp.needs_calibration() else None
-    data_s = time.perf_counter() - t
-    log.info("task %s: %d prompts of %d tokens (%d depths x %d)", task.name, len(samples), ctx,
-             len(task.depths), task.n_samples)
-    comp.check_targets(m.model)
-    comp.check_inputs(m.tokenizer, torch.cat([s.prompt for s in samples[:8]]))
+def run_synthetic(job, task: SyntheticTask) -> dict[str, Any]:
+    """The body of a synthetic task's result, on the job context (lcc.context): dense scores (cached), compress
+    in place, compressed scores, per-prompt rows and their summary."""
+    cfg, m, samples = job.cfg, job.loaded, job.inputs
 
     def decode(ids: list[int]) -> str:
         return m.tokenizer.decode(ids, skip_special_tokens=True)
 
     eos = eos_ids(m.model, m.tokenizer)
-    head_d = dense_head(m.model, comp)  # before compression: the dense output head
-    cache: dict[str, Any] = {"dense": "off"}
-    dense_store = TensorStore(caches.dir, "dense") if caches.enabled and caches.dense else None
+    head_d = job.dense_head()  # before compression: the dense output head
+    status: dict[str, Any] = {}
+    dense_store = TensorStore(job.caches.dir, "dense") if job.caches.enabled and job.caches.dense else None
     dense, dense_s = _dense_scores(cfg, task, m.model, head_d, samples, eos, decode, m.device, m.dtype,
-                                   dense_store, cache)
-    compression = compress_step(comp, m.model, calib, cfg.seed,
-                                caches.compressed_cache(cfg, comp, m.model, calib, m.device, m.dtype),
-                                uncached=caches.uncached_status(comp))
+                                   dense_store, status)
+    job.dense_cached(status.get("dense", "off"), status.get("dense_key"), status.get("dense_cache_s"))
+    job.compress()
     head_c = logits_fn(m.model)
     t = time.perf_counter()
     scored = score_all(m.model, head_c, samples, task.decode_budget, eos, decode, "compressed prompts")
     comp_s = time.perf_counter() - t
     df = rows(samples, dense, scored, head_d, head_c, decode)
-    write_parquet(out / "samples.parquet", df)
+    write_parquet(job.out / "samples.parquet", df)
     summary, by_depth = prompt_summary(df, "synthetic")
-    timings = {"load_s": m.seconds, "data_s": data_s, "dense_score_s": dense_s,
-               "dense_cache_s": cache.pop("dense_cache_s", None), "compress_s": compression.compress_s,
-               "compress_cache_s": compression.cache_s, "compressed_score_s": comp_s,
-               "compressed_s_per_prompt": comp_s / len(samples), "total_s": time.perf_counter() - t0}
-    cache["compressed"] = compression.status
-    if compression.key:
-        cache["compressed_key"] = compression.key
-    if dense_store or compression.key:
-        cache["dir"] = str(caches.dir)
-    return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "task": task.name,
-            "task_params": task.params(), "compressor": comp.name, "level": comp.level(),
-            "compress_info": compression.info, "weights": compression.weights, "summary": summary,
-            "by_depth": by_depth, "timings": {k: v for k, v in timings.items() if v is not None},
-            "files": ["samples.parquet"], "checksums": file_records(out, ["samples.parquet"]), "cache": cache}
+    job.timings.update(dense_score_s=dense_s, compressed_score_s=comp_s,
+                       compressed_s_per_prompt=comp_s / len(samples))
+    return {"summary": summary, "by_depth": by_depth, "files": ["samples.parquet"]}
