@@ -52,7 +52,8 @@ def load(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
         if saved is None or res.get("lm_eval"):
             continue
         s = res.get("summary", {})
-        rows.append({"job": r.job, "task": tasks.task_of(res), "curve": isinstance(res.get("curve"), list), "ctx": ctx, "compressor": res.get("compressor"),
+        rows.append({"job": r.job, "task": tasks.task_of(res), "curve": isinstance(res.get("curve"), list),
+                     "ctx": ctx, "compressor": res.get("compressor"),
                      "level": res.get("level"), "family": _family(cfg), "kv_saved": round(saved, 4),
                      **{k: s.get(k) for k in ("acc_dense", "acc_compressed", "acc_compressed_se", "kl_answer",
                                               "n_prompts", "kl_mean", "kl_se", "top1_agree")}})

@@ -1,12 +1,12 @@
 """What ``lcc.reduce`` reads of a job's ``result.json``, checked in one place before any of it is used.
 
 ``problem(res)`` returns why a result is not one lcc writes (None if it is): every field that reduce, the task
-report and the tidy curves file read, with its type: the identity (``model``, ``data``, ``compressor``,
-``level`` strings, ``ctx`` an integer in 1..2^31), ``config`` (a mapping, nested at most ``MAX_DEPTH`` deep),
-the summary numbers of the job's metric kind (``lcc.metrics.registry.kind_of``: numbers or null; lm-eval's
-``matching`` a boolean), and the body of its kind: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth`` (rows holding numbers),
-lm-eval's ``lm_eval`` (rows naming task and metric, with numbers). A result that fails is listed as
-``malformed`` with this reason and enters no table; the others' tables are written as usual.
+report and the tidy curves file read, with its type: the identity (``model``, ``data``, ``compressor``, ``level``
+strings, ``ctx`` an integer in 1..2^31), ``config`` (a mapping, nested at most ``MAX_DEPTH`` deep), the summary
+numbers of the job's metric kind (``lcc.metrics.registry.kind_of``: numbers or null; lm-eval's ``matching`` a
+boolean), and the body of its kind: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth``
+(rows holding numbers), lm-eval's ``lm_eval`` (rows naming task and metric, with numbers). A result that fails is
+listed as ``malformed`` with this reason and enters no table; the others' tables are written as usual.
 """
 from __future__ import annotations
 

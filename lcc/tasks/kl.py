@@ -12,7 +12,7 @@ import torch
 
 from lcc.cache import DenseCache, DenseReference
 from lcc.data import eval_windows
-from lcc.evaluate import compressed_pass, dense_pass
+from lcc import evaluate
 from lcc.io import write_parquet, write_safetensors
 from lcc.metrics import position_table, registry, summarize
 from lcc.tasks.base import Task
@@ -61,7 +61,7 @@ def dense_step(model, windows: torch.Tensor, cache: DenseCache | None = None, ke
                ) -> DenseReference:
     """The dense model's final hidden states per window (from the cache when it holds them)."""
     def compute():
-        return dense_pass(model, windows, keep_on)
+        return evaluate.dense_pass(model, windows, keep_on)
     return cache.get_or_compute(windows, compute) if cache else DenseReference(*compute())
 
 
@@ -79,7 +79,7 @@ class Compared:
 def compressed_step(model, windows: torch.Tensor, dense_hidden: list[torch.Tensor], dense_head_fn,
                     chunk_size: int) -> Compared:
     """The compressed model over every window, compared token by token with the dense hidden states."""
-    per_tok, tm = compressed_pass(model, windows, dense_hidden, dense_head_fn, chunk_size)
+    per_tok, tm = evaluate.compressed_pass(model, windows, dense_hidden, dense_head_fn, chunk_size)
     return Compared(per_tok, tm["compressed_forward_s"], tm["metrics_s"])
 
 

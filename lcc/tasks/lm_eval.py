@@ -27,7 +27,6 @@ import torch
 from omegaconf import DictConfig
 
 from lcc import ConfigError
-from lcc.cache import TensorStore
 from lcc.io import write_parquet
 from lcc.tasks import bridge
 from lcc.tasks.base import Task, check_bool, check_int
@@ -181,12 +180,11 @@ def run_lm_eval(job, task: LmEval) -> dict[str, Any]:
             raise
 
     timings = job.timings
-    if job.caches.enabled and job.caches.dense:
-        store = TensorStore(job.caches.dir, "dense")
-        inputs = bridge.dense_inputs(cfg, task, model, meta, m.device, m.dtype)
-        t = time.perf_counter()
-        dense, timings["dense_eval_s"], status, key = bridge.dense_results(store, inputs, run_lm)
-        job.dense_cached(status, key, time.perf_counter() - t - (0.0 if status == "hit" else timings["dense_eval_s"]))
+    entry = job.caches.dense_entry(
+        lambda: bridge.dense_inputs(cfg, task, model, meta, m.device, m.dtype, _version()))
+    if entry is not None:
+        dense, timings["dense_eval_s"], hit, cache_s = bridge.dense_results(entry, run_lm)
+        job.dense_cached("hit" if hit else "miss", entry.key, cache_s)
     else:
         t = time.perf_counter()
         dense = bridge._slim(run_lm())

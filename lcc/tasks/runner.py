@@ -1,11 +1,11 @@
 """A job with a synthetic task (passkey, niah, vt): prompts -> dense scores (cached) -> compress in place ->
-compressed scores -> per-prompt rows (samples.parquet) and the summary of the registry's
-``synthetic`` metrics (lcc.metrics.registry).
+compressed scores -> per-prompt rows (samples.parquet) and the summary of the registry's ``synthetic`` metrics
+(lcc.metrics.registry).
 
-The same conventions as a KL job (lcc/job.py): one model copy (the dense model is scored first, then
-compressed in place), the shared dense cache (the dense scores of a (model, task, ctx, seed) are computed once
-and reused by every compressor of a sweep), the compressed-weights cache, and result.json written last by
-``lcc.job.run``.
+The same conventions as a KL job (lcc/tasks/kl.py, on the same job context, lcc/context.py): one model copy (the
+dense model is scored first, then compressed in place), the shared dense cache (the dense scores of a (model,
+task, ctx, seed) are computed once and reused by every compressor of a sweep, through lcc/cache/dense.py), the
+compressed-weights cache, and result.json written last by ``lcc.job.run``.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lcc.cache import TensorStore
+from lcc.cache import dense_inputs, source_fingerprint
+from lcc.cache.keys import tokens_sha256
 from lcc.evaluate import logits_fn
 from lcc.io import write_parquet
+from lcc.metrics import chunked_token_metrics
 from lcc.metrics.summary import prompt_summary
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
@@ -29,37 +31,30 @@ log = logging.getLogger(__name__)
 
 
 def _prompts_sha(samples: list[Sample]) -> str:
-    from lcc.cache.keys import tokens_sha256
     return tokens_sha256(torch.cat([t for s in samples for t in (s.prompt, s.answer)]))
 
 
 def dense_cache_inputs(cfg: DictConfig, task: SyntheticTask, model, samples, device, dtype, eos) -> dict:
     """Everything the dense scores depend on (their cache key is its sha256)."""
-    from lcc.cache import FORMAT, source_fingerprint
-    from lcc.cache.keys import device_id, library_versions, model_identity
-
-    return {"entry": "task_dense", "format": FORMAT, "model": model_identity(cfg.model, model),
-            "task": OmegaConf.to_container(cfg.task, resolve=True), "ctx": int(cfg.ctx.tokens),
-            "seed": int(cfg.seed), "prompts_sha256": _prompts_sha(samples), "eos": sorted(eos),
-            "dtype": str(dtype), "device": device_id(device), "versions": library_versions(),
-            "code": source_fingerprint("models.py", "evaluate.py", "tasks/score.py")}
+    return dense_inputs("task_dense", cfg, model, device, dtype,
+                        source_fingerprint("models.py", "evaluate.py", "tasks/score.py"),
+                        task=OmegaConf.to_container(cfg.task, resolve=True), ctx=int(cfg.ctx.tokens),
+                        seed=int(cfg.seed), prompts_sha256=_prompts_sha(samples), eos=sorted(eos))
 
 
-def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, store, status
-                  ) -> tuple[list[Scored], float]:
-    run = lambda: score_all(model, head, samples, task.decode_budget, eos, decode, "dense prompts")  # noqa: E731
-    if store is None:
+def _dense_scores(job, task, head, samples, eos, decode) -> tuple[list[Scored], float]:
+    """The dense model's scores of every prompt, through the dense cache (lcc.cache.dense) where it is on."""
+    m = job.loaded
+    run = lambda: score_all(m.model, head, samples, task.decode_budget, eos, decode, "dense prompts")  # noqa: E731
+    entry = job.caches.dense_entry(lambda: dense_cache_inputs(job.cfg, task, m.model, samples, m.device, m.dtype,
+                                                              eos))
+    if entry is None:
         t = time.perf_counter()
         scored = run()
         return scored, time.perf_counter() - t
-    from lcc.cache import key_of
-
-    inputs = dense_cache_inputs(cfg, task, model, samples, device, dtype, eos)
-    key = key_of(inputs)
     n = len(samples)
 
     def compute():
-        log.info("dense scoring of %d prompts (cache miss, storing as %s)", n, key[:16])
         t = time.perf_counter()
         sc = run()
         s = time.perf_counter() - t
@@ -68,7 +63,7 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
             tensors[f"hidden.{i:05d}"] = x.hidden
             tensors[f"generated.{i:05d}"] = torch.tensor(x.generated, dtype=torch.long)
             tensors[f"seconds.{i:05d}"] = torch.tensor([x.seconds], dtype=torch.float64)
-        return tensors, {"dense_score_s": s}
+        return tensors, s
 
     def check(tensors: dict, meta: dict) -> str | None:
         want = {f"{k}.{i:05d}" for i in range(n) for k in ("hidden", "generated", "seconds")}
@@ -78,13 +73,8 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
             return "answer lengths differ from this job's prompts"
         return None
 
-    t = time.perf_counter()
-    tensors, meta, hit = store.get_or_create(key, inputs, compute, check)
-    s = float(meta["facts"]["dense_score_s"])
-    status.update(dense="hit" if hit else "miss", dense_key=key,
-                  dense_cache_s=time.perf_counter() - t - (0.0 if hit else s))
-    if hit:
-        log.info("dense scores of %d prompts from the cache (%s)", n, store.path(key))
+    tensors, s, hit, cache_s = entry.get_or_compute(f"dense scores of {n} prompts", "dense_score_s", compute, check)
+    job.dense_cached("hit" if hit else "miss", entry.key, cache_s)
     return [Scored(hidden=tensors[f"hidden.{i:05d}"], generated=tensors[f"generated.{i:05d}"].tolist(),
                    seconds=float(tensors[f"seconds.{i:05d}"][0])) for i in range(n)], s
 
@@ -92,8 +82,6 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
 def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_head, comp_head, decode
          ) -> pd.DataFrame:
     """One row per prompt: outputs, correctness, answer NLL and KL at the answer positions."""
-    from lcc.metrics import chunked_token_metrics
-
     out = []
     for s, d, c in zip(samples, dense, comp):
         with torch.inference_mode():
@@ -115,18 +103,14 @@ def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_h
 def run_synthetic(job, task: SyntheticTask) -> dict[str, Any]:
     """The body of a synthetic task's result, on the job context (lcc.context): dense scores (cached), compress
     in place, compressed scores, per-prompt rows and their summary."""
-    cfg, m, samples = job.cfg, job.loaded, job.inputs
+    m, samples = job.loaded, job.inputs
 
     def decode(ids: list[int]) -> str:
         return m.tokenizer.decode(ids, skip_special_tokens=True)
 
     eos = eos_ids(m.model, m.tokenizer)
     head_d = job.dense_head()  # before compression: the dense output head
-    status: dict[str, Any] = {}
-    dense_store = TensorStore(job.caches.dir, "dense") if job.caches.enabled and job.caches.dense else None
-    dense, dense_s = _dense_scores(cfg, task, m.model, head_d, samples, eos, decode, m.device, m.dtype,
-                                   dense_store, status)
-    job.dense_cached(status.get("dense", "off"), status.get("dense_key"), status.get("dense_cache_s"))
+    dense, dense_s = _dense_scores(job, task, head_d, samples, eos, decode)
     job.compress()
     head_c = logits_fn(m.model)
     t = time.perf_counter()
