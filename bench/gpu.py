@@ -4,7 +4,7 @@
 Random-initialised weights of real architectures (LLaMA-2-7B-32K, Llama-3-8B shapes), bf16, SDPA:
 
 * floor: a bare dense forward ``model(input_ids, use_cache=False)`` over one document of each length;
-* eval: lcc's own job steps (``lcc.job``: ``dense_step`` -> ``compress_step`` (in place) ->
+* eval: lcc's own job steps (``lcc.tasks.kl``: ``dense_step`` -> ``compress_step`` (in place) ->
   ``compressed_step`` -> ``summarize``) over the same documents, without the dense-reference cache (both
   passes) and with it (a hit of ``dense_step`` through ``lcc.cache.DenseCache``, then the compressed pass);
   each as a ratio to the floor of this run; and the peak GPU memory of that evaluation (one model copy:
@@ -189,7 +189,7 @@ def _cache_roundtrip(model, store_dir: Path, key: str, windows: torch.Tensor, ke
     """The job's dense step through a dense-reference cache entry: a miss stores it; returns a function that
     runs the step again (a hit: the entry read back, checksum- and token-id-verified)."""
     from lcc.cache import DenseCache, TensorStore
-    from lcc.job import dense_step
+    from lcc.tasks.kl import dense_step
 
     cache = DenseCache(TensorStore(store_dir, "dense"), {"bench": key})
     kw = {} if keep_on is None else {"keep_on": keep_on}
@@ -221,11 +221,12 @@ def interleaved(fns: dict, dev: torch.device, reps: int, warmup: int = 1) -> tup
 
 def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size: int, keep_on: str,
                  metrics_kernels: list[str], cache_dir: Path | None):
-    """lcc's job flow (as lcc.job._evaluate): dense pass of every document, compress in place, compressed
+    """lcc's job flow (as lcc.tasks.kl.KL.run): dense pass of every document, compress in place, compressed
     pass + metrics + summary; each timed side by side with the bare forward (the floor) of the same
     document on the same weights; peak memory per length."""
     from lcc import compressors
-    from lcc.job import compress_step, compressed_step, dense_head, dense_step
+    from lcc.context import compress_step, dense_head
+    from lcc.tasks.kl import compressed_step, dense_step
     from lcc.metrics import summarize
 
     kw = {} if keep_on is None else {"keep_on": keep_on}
@@ -317,7 +318,7 @@ def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
     from torch.profiler import ProfilerActivity, profile
 
     from lcc.evaluate import logits_fn
-    from lcc.job import compressed_step, dense_step
+    from lcc.tasks.kl import compressed_step, dense_step
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     kw = {} if keep_on is None else {"keep_on": keep_on}
@@ -376,7 +377,7 @@ def _floor_s(model, calib, stats_cls, dev, layers: int) -> float:
 
 
 def _run_compress(model, comp, calib, dev):
-    from lcc.job import compress_step
+    from lcc.context import compress_step
 
     reinit_(model)
     if dev.type == "cuda":

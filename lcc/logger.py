@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lcc import tasks
 from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
                        WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label,
                        wandb_summary)
@@ -64,7 +65,7 @@ def log_spaced(curve: pd.DataFrame, n: int = WANDB_CURVE_POINTS) -> pd.DataFrame
 def history_rows(result: dict, curve: pd.DataFrame | None) -> list[dict]:
     """The job's history: one row per octave bin, then one per downsampled curve point."""
     rows = []
-    for b in result.get("curve") or []:  # task jobs (task != kl) have no KL curve
+    for b in result.get("curve") or []:  # a result without a per-position curve has no bins
         lp = b["log2_pos"]
         row = {WANDB_X: 2.0 ** lp, WANDB_X_LOG2: lp}
         row.update({f"{WANDB_BIN}{k}": b[k] for k in BIN_KEYS if k != "log2_pos" and _finite(b.get(k))})
@@ -112,8 +113,8 @@ def _init(lg: dict, where: Path, **kw):
 
 def job_tags(result: dict, extra) -> list[str]:
     tags = [str(result["model"]), str(result["compressor"]), str(result["level"]), f"ctx={ctx_label(result['ctx'])}"]
-    if result.get("task", "kl") != "kl":
-        tags.append(f"task={result['task']}")
+    if (task := tasks.task_of(result)) != tasks.DEFAULT:
+        tags.append(f"task={task}")
     return list(dict.fromkeys(t[:64] for t in tags + [str(t) for t in (extra or [])]))
 
 
@@ -153,7 +154,7 @@ def log_result(cfg, result: dict, out: Path) -> None:
                                 **{f"time/{k}": v for k, v in result["timings"].items()},
                                 "level": result["level"], "compressor": result["compressor"],
                                 "ctx": result["ctx"], "model": result["model"],
-                                "task": result.get("task", "kl")})
+                                "task": tasks.task_of(result)})
             art = wandb.Artifact(f"job-{run.id}", type="lcc-job",
                                  metadata={"job": out.name, "config_hash": result["config_hash"]})
             for f in ["result.json", "curve.parquet", "samples.parquet"]:

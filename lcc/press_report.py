@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lcc import tasks
 from lcc.io import read_json
 
 
@@ -51,7 +52,8 @@ def load(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
         if saved is None or res.get("lm_eval"):
             continue
         s = res.get("summary", {})
-        rows.append({"job": r.job, "task": res.get("task", "kl"), "ctx": ctx, "compressor": res.get("compressor"),
+        rows.append({"job": r.job, "task": tasks.task_of(res), "curve": isinstance(res.get("curve"), list),
+                     "ctx": ctx, "compressor": res.get("compressor"),
                      "level": res.get("level"), "family": _family(cfg), "kv_saved": round(saved, 4),
                      **{k: s.get(k) for k in ("acc_dense", "acc_compressed", "acc_compressed_se", "kl_answer",
                                               "n_prompts", "kl_mean", "kl_se", "top1_agree")}})
@@ -72,7 +74,7 @@ def figures(sweep_dir: Path, t: pd.DataFrame) -> list[Path]:
     plots.mkdir(exist_ok=True)
     fams = sorted(t.family.unique(), key=lambda f: (f.startswith("kv"), f))
     colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(fams)}
-    syn = t[t.task != "kl"]
+    syn = t[~t.curve]  # accuracy of the prompt tasks
     if len(syn):
         tasks, ctxs = sorted(syn.task.unique()), sorted(syn.ctx.unique())
         fig, axes = plt.subplots(len(tasks), len(ctxs), figsize=(4 * len(ctxs), 3.2 * len(tasks)), squeeze=False,
@@ -108,7 +110,7 @@ def figures(sweep_dir: Path, t: pd.DataFrame) -> list[Path]:
         fig.savefig(p, dpi=120)
         plt.close(fig)
         out.append(p)
-    kl = t[t.task == "kl"]
+    kl = t[t.curve]  # mean KL of the jobs with a per-position curve
     if len(kl):
         ctxs = sorted(kl.ctx.unique())
         fig, axes = plt.subplots(1, len(ctxs), figsize=(4.5 * len(ctxs), 3.6), squeeze=False, sharey=True)
@@ -123,7 +125,7 @@ def figures(sweep_dir: Path, t: pd.DataFrame) -> list[Path]:
                 ax.errorbar(d.kv_saved, d.kl_mean, yerr=_num(d, "kl_se"), label=f, color=colors[f],
                             marker="s" if kv else "o", ls="none" if kv else "-", capsize=2)
             ax.set_yscale("log")
-            ax.set_title(f"task=kl, ctx {ctx}")
+            ax.set_title(f"task={','.join(sorted(cell.task.unique()))}, ctx {ctx}")
             ax.set_xlabel("fraction of KV memory removed")
             ax.grid(alpha=0.3, which="both")
         axes[0][0].set_ylabel("mean KL(dense || compressed), nats/token")
@@ -148,7 +150,7 @@ def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True) -> tuple[lis
     files = [atomic_write(Path(sweep_dir) / "presses.csv", lambda tmp: t.to_csv(tmp, index=False))]
     lines = ["## KV-cache eviction and KV quantization at equal KV memory", ""]
     for task, d in t.groupby("task"):
-        col = "kl_mean" if task == "kl" else "acc_compressed"
+        col = "kl_mean" if d.curve.all() else "acc_compressed"
         piv = d.pivot_table(index=["family", "kv_saved"], columns="ctx", values=col)
         lines += [f"### {task}: {col} by fraction of KV memory removed", "", piv.reset_index().to_markdown(
             index=False, floatfmt=".4g"), ""]

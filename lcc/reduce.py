@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lcc import tasks
 from lcc.coverage import short as coverage_cell
 from lcc.io import atomic_write, read_json
 from lcc.names import SUMMARY_COLS, TABLES, ctx_label
@@ -112,7 +113,8 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
                    data=res.get("data", cfg.get("data", {}).get("name")),
                    compressor=res.get("compressor", cfg.get("compressor", {}).get("name")),
                    level=res.get("level"), ctx=res.get("ctx", cfg.get("ctx", {}).get("tokens")),
-                   config=flat_config(cfg), task=res.get("task", "kl"))
+                   config=flat_config(cfg), task=tasks.task_of(res),
+                   has_curve=isinstance(res.get("curve"), list))
         summary = res.get("summary") if isinstance(res.get("summary"), dict) else {}
         row.update({k: summary.get(k) for k in SUMMARY_COLS})
         timings = res.get("timings") if isinstance(res.get("timings"), dict) else {}
@@ -168,15 +170,33 @@ def pm(m: float, se: float, digits: int = 3) -> str:
     return f"{m:.{digits}g} ± {se:.2g}"
 
 
-def _is_kl(df: pd.DataFrame) -> pd.Series:
-    """Jobs of the default task (per-position KL); other tasks are reported by lcc.tasks.report."""
-    return df.task.fillna("kl") == "kl" if "task" in df else pd.Series(True, index=df.index)
+def _has_curve(df: pd.DataFrame) -> pd.Series:
+    """Jobs whose results carry a per-position ``curve``: the sensitivity tables, tidy curves and figures;
+    every task reports its other jobs itself (``Task.reporter``)."""
+    return df.has_curve.fillna(False).astype(bool) if "has_curve" in df else pd.Series(False, index=df.index)
+
+
+def task_reports(sweep_dir: Path, df: pd.DataFrame, plots: bool) -> tuple[list[str], list[Path]]:
+    """Each task's own report of its finished jobs (``Task.reporter``; tasks that share a reporter, e.g. the
+    synthetic ones, are reported together)."""
+    lines: list[str] = []
+    files: list[Path] = []
+    done = df[df.status == "ok"]
+    by_reporter: dict = {}
+    for name in (done.task.dropna().unique() if "task" in done else []):
+        if name in tasks.REGISTRY and (fn := tasks.REGISTRY[name].reporter) is not None:
+            by_reporter.setdefault(fn, []).append(name)
+    for fn, names in by_reporter.items():
+        more_lines, more_files = fn(sweep_dir, done[done.task.isin(names)], plots)
+        lines += more_lines
+        files += more_files
+    return lines, files
 
 
 def sensitivity_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Pivot tables of finished jobs: rows (model, data, compressor, level, and every config key that differs
     between jobs of one cell: ``table_rows``), columns ctx. Every finished job has its own cell."""
-    ok = df[(df.status == "ok") & _is_kl(df)].copy()
+    ok = df[(df.status == "ok") & _has_curve(df)].copy()
     if ok.empty:
         return {}
     ok["ctx"] = ok["ctx"].astype(int)
@@ -202,7 +222,7 @@ def write_outputs(sweep_dir: Path, df: pd.DataFrame, tables: dict[str, pd.DataFr
     """The files beside sensitivity.csv/.md: the LaTeX tables, the tidy curves file, the figures."""
     from lcc.outputs import latex_tables, tidy_curves, variant_levels, write_tidy
 
-    ok = df[(df.status == "ok") & _is_kl(df)]  # task jobs have no KL curve (lcc/tasks/report.py)
+    ok = df[(df.status == "ok") & _has_curve(df)]  # the other jobs: their task's reporter
     if ok.empty:
         return []
     labels = {t.label: t.slug for t in TABLES}
@@ -233,7 +253,7 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     if df.empty:
         raise SystemExit(f"lcc.reduce: no jobs found under {sweep_dir} (no lcc_jobs.json, no */result.json)")
     lines = [f"# Sensitivity: {sweep_dir}", "", status_line(df), ""]
-    ok = df[(df.status == "ok") & _is_kl(df)]  # task jobs: lcc/tasks/report.py
+    ok = df[(df.status == "ok") & _has_curve(df)]  # the other jobs: their task's reporter (task_reports)
     if (keys := varying_keys(ok)):
         lines += [f"Jobs differ in keys that are not table axes: {', '.join(keys)}; they are table columns.", ""]
     tables = sensitivity_tables(df)
@@ -243,8 +263,7 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     if "coverage" in done and done.coverage.fillna("").astype(bool).any():  # what each level compressed
         cov = done[["model", "compressor", "level", "coverage"]].fillna("").drop_duplicates()
         lines += ["## Coverage (share of each kind's parameters changed)", "", cov.to_markdown(index=False), ""]
-    from lcc.tasks.report import report as task_report
-    task_lines, task_files = task_report(sweep_dir, df, plots)
+    task_lines, task_files = task_reports(sweep_dir, df, plots)
     lines += task_lines
     from lcc.press_report import report as press_report  # KV eviction beside KV quantization (if any)
     press_lines, press_files = press_report(sweep_dir, df, plots)

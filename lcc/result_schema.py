@@ -1,12 +1,12 @@
 """What ``lcc.reduce`` reads of a job's ``result.json``, checked in one place before any of it is used.
 
 ``problem(res)`` returns why a result is not one lcc writes (None if it is): every field that reduce, the task
-report and the tidy curves file read, with its type: the identity (``model``, ``data``, ``compressor``,
-``level`` strings, ``ctx`` an integer in 1..2^31), ``config`` (a mapping, nested at most ``MAX_DEPTH`` deep),
-the summary numbers of the job's kind (numbers or null; lm-eval's ``matching`` a boolean), and the body of its
-kind: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth`` (rows holding numbers),
-lm-eval's ``lm_eval`` (rows naming task and metric, with numbers). A result that fails is listed as
-``malformed`` with this reason and enters no table; the others' tables are written as usual.
+report and the tidy curves file read, with its type: the identity (``model``, ``data``, ``compressor``, ``level``
+strings, ``ctx`` an integer in 1..2^31), ``config`` (a mapping, nested at most ``MAX_DEPTH`` deep), the summary
+numbers of the job's metric kind (``lcc.metrics.registry.kind_of``: numbers or null; lm-eval's ``matching`` a
+boolean), and the body of its kind: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth``
+(rows holding numbers), lm-eval's ``lm_eval`` (rows naming task and metric, with numbers). A result that fails is
+listed as ``malformed`` with this reason and enters no table; the others' tables are written as usual.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any
 
 MAX_CTX = 2 ** 31
 MAX_DEPTH = 64
+#: the bodies reduce reads: key -> the metric kind that requires it
+BODIES = {"curve": "kl", "by_depth": "synthetic", "lm_eval": "lm_eval"}
 
 
 def _num(v: Any, optional: bool = True) -> bool:
@@ -58,12 +60,14 @@ def problem(res: Any) -> str | None:
         return f"'status' is not a string: {res.get('status')!r}"
     if res.get("status") != "ok":
         return None
-    task = res.get("task", "kl")
-    if not isinstance(task, str):
-        return f"'task' is not a string: {task!r}"
-    kind = "kl" if task == "kl" else "lm_eval" if task == "lm_eval" or "lm_eval" in res else "synthetic"
-    body = {"kl": ("curve", list), "lm_eval": ("lm_eval", list), "synthetic": ("by_depth", list)}[kind]
-    for key, typ in (("config", dict), ("summary", dict), body, ("level", str), ("compressor", str)):
+    if "task" in res and not isinstance(res["task"], str):
+        return f"'task' is not a string: {res['task']!r}"
+    kind = registry.kind_of(res)
+    if not isinstance(kind, str):
+        return f"'metrics' is not a string: {kind!r}"
+    # the body its metric kind requires, and every body the result carries (whatever it declares)
+    body = [(k, list) for k, required in BODIES.items() if required == kind or k in res]
+    for key, typ in (("config", dict), ("summary", dict), *body, ("level", str), ("compressor", str)):
         if not isinstance(res.get(key), typ):
             return f"{key!r} is missing or not a {typ.__name__}"
     ctx = res.get("ctx")
@@ -85,16 +89,16 @@ def problem(res: Any) -> str | None:
     for k in flags:
         if summary.get(k) is not None and not isinstance(summary[k], bool):
             return f"summary[{k!r}]={summary[k]!r} is not a boolean"
-    if kind == "kl":
+    if "curve" in res:
         for i, b in enumerate(res["curve"]):
             if (why := _numbers(f"curve[{i}]", b, BIN_KEYS, required=("bin_lo", "bin_hi", "log2_pos"))):
                 return why
-    elif kind == "synthetic":
+    if "by_depth" in res:
         for i, r in enumerate(res["by_depth"]):
             if (why := _numbers(f"by_depth[{i}]", r, registry.summary_keys("synthetic"),
                                 required=("depth", "n_prompts"))):
                 return why
-    else:
+    if "lm_eval" in res:
         if not res["lm_eval"]:
             return "'lm_eval' holds no rows"
         for i, r in enumerate(res["lm_eval"]):

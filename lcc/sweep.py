@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's ConfigStore)
+import lcc.tasks  # noqa: F401  (stores task=<name> of a task without a YAML file)
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")

@@ -253,17 +253,17 @@ def test_task_metrics_come_from_the_registry():
     """Task jobs' W&B keys, log line, tables and heatmap panels are the registry's synthetic / lm_eval entries."""
     from lcc import names
     from lcc.metrics import registry
-    from lcc.tasks.report import done_line
+    from lcc import tasks
 
     syn = [m.name for m in registry.metrics("synthetic")]
     assert syn[:3] == ["n_prompts", "acc_dense", "acc_compressed"] and "kl_answer" in syn
     assert names.TASK_HEATMAP == {"dense": "acc_dense", "compressed": "acc_compressed"}
     assert [t.key for t in names.TASK_TABLES] == [m.name for m in registry.table_metrics("synthetic")]
-    res = {"task": "passkey", "compressor": "quant", "level": "w3", "ctx": 512,
+    res = {"task": "passkey", "metrics": "synthetic", "compressor": "quant", "level": "w3", "ctx": 512,
            "summary": {"acc_dense": 1.0, "acc_dense_se": 0.0, "acc_compressed": 0.5, "acc_compressed_se": 0.25,
                        "kl_answer": 0.125, "kl_answer_se": 0.01}}
     assert names.wandb_summary(res) == registry.wandb_keys("synthetic") and "acc_dense_se" in names.wandb_summary(res)
-    assert done_line(res) == ("passkey quant w3 ctx=512  acc_dense 1 ± 0  acc_compressed 0.5 ± 0.25  "
+    assert tasks.get("passkey").done_line(res) == ("passkey quant w3 ctx=512  acc_dense 1 ± 0  acc_compressed 0.5 ± 0.25  "
                               "kl_answer 0.125 ± 0.01")
     lm = {"task": "lm_eval", "lm_eval": [], "summary": {}}
     assert "matching" in names.wandb_summary(lm) and "kl_mean" not in names.wandb_summary(lm)

@@ -39,7 +39,7 @@ def test_finished_job_is_skipped_and_failed_one_rerun(tmp_path, monkeypatch):
         raise AssertionError("a finished job was recomputed")
 
     with monkeypatch.context() as m:
-        m.setattr(lcc.job, "_evaluate", must_not_run)
+        m.setattr(lcc.job, "open_job", must_not_run)
         again = lcc.job.run(compose_cfg(tmp_path, "j"))
     assert again["summary"] == first["summary"]
 

@@ -28,6 +28,7 @@ from lcc.cache.keys import device_id, library_versions, model_identity, source_f
 from lcc.cache.store import FORMAT, TensorStore, key_of
 from lcc.cache import codes
 from lcc.compressors import Compressor, QuantGrid, Storage
+from lcc.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Codec:
     """How the touched Linears of a compressed model become tensors of an entry, and back."""
 
     encoding: str
+    storage: Storage  # the storage kind it encodes (its name in CODECS)
 
     def encode(self, lins: dict[str, nn.Linear], grids: dict[str, QuantGrid]
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -89,6 +91,7 @@ class MaskCodec(Codec):
     """One bit per weight (kept or zeroed), applied to the freshly loaded dense weights on a hit."""
 
     encoding = "keep_bits"
+    storage = Storage.MASK
 
     def encode(self, lins, grids):
         return {f"{n}.weight.keep": pack_bits(lin.weight.detach() != 0) for n, lin in lins.items()}, {}
@@ -113,6 +116,7 @@ class CodesCodec(Codec):
     copy (counted in the entry's ``codec.summary.full_copies``)."""
 
     encoding = "codes"
+    storage = Storage.WEIGHTS
 
     @staticmethod
     def params(lins) -> dict[str, nn.Parameter]:
@@ -183,7 +187,10 @@ class CodesCodec(Codec):
             ps[k].data.copy_(v.to(ps[k].device))
 
 
-CODECS: dict[Storage, Codec] = {Storage.MASK: MaskCodec(), Storage.WEIGHTS: CodesCodec()}
+#: the codec of each storage kind (a second codec for a storage kind is an error)
+CODECS: Registry[Codec] = Registry("cache codec", name_of=lambda codec: codec.storage)
+CODECS.register(MaskCodec())
+CODECS.register(CodesCodec())
 
 
 @dataclass

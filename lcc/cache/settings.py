@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,6 +46,15 @@ class CacheSettings:
         if not (self.enabled and self.dense):
             return None
         return DenseCache.for_job(self.dir, cfg, model, windows, device, dtype)
+
+    def dense_entry(self, inputs: Callable[[], dict]):
+        """A task's dense-reference entry (``inputs()``: everything it depends on, ``lcc.cache.dense_inputs``),
+        or None if dense references are not cached."""
+        from lcc.cache.dense import DenseEntry
+
+        if not (self.enabled and self.dense):
+            return None
+        return DenseEntry.at(self.dir, inputs())
 
     def compressed_cache(self, cfg: Any, comp: Compressor, model, calib: torch.Tensor | None,
                          device: torch.device, dtype: torch.dtype):

@@ -38,14 +38,12 @@ import torch
 from torch import nn
 
 from lcc import ConfigError
+from lcc.registry import Registry
 
-REGISTRY: dict[str, type["Compressor"]] = {}
-
-
-def get(name: str) -> type["Compressor"]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown compressor {name!r}; valid choices: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+#: every compressor by name (a subclass that sets ``name`` registers itself; a second class under a taken
+#: name is an error)
+REGISTRY: Registry[type["Compressor"]] = Registry("compressor")
+get = REGISTRY.get
 
 
 def qualify(message: str, keys: Any, prefix: str = "compressor.") -> str:
@@ -357,9 +355,7 @@ class Compressor:
         super().__init_subclass__(**kw)
         dataclass(kw_only=True)(cls)  # in place: the fields are the parameters
         if "name" in vars(cls):
-            if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
-                raise TypeError(f"two compressors are named {cls.name!r}: {REGISTRY[cls.name]} and {cls}")
-            REGISTRY[cls.name] = cls
+            REGISTRY.register(cls)
 
     def __post_init__(self) -> None:
         self.targets = Targets.of(self.targets)

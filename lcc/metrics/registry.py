@@ -253,10 +253,12 @@ def log_line(summary: Mapping[str, Any], kind: str = "kl") -> str:
 
 
 def kind_of(result: Mapping[str, Any]) -> str:
-    """The metric kind of a job's result.json: kl, lm_eval or synthetic."""
-    if result.get("task", "kl") == "kl":
-        return "kl"
-    return "lm_eval" if "lm_eval" in result else "synthetic"
+    """The metric kind of a job's result.json, as the result declares it (``metrics``, the task's ``kind``);
+    results written before it did, by their body: ``lm_eval`` rows are lm_eval, ``by_depth`` rows synthetic,
+    else (a per-position ``curve``) kl."""
+    if "metrics" in result:
+        return result["metrics"]
+    return "lm_eval" if "lm_eval" in result else "synthetic" if "by_depth" in result else "kl"
 
 
 def finite(v: Any) -> float | None:

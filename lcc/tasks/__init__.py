@@ -1,35 +1,49 @@
 """Tasks, registered by name and discovered as the modules of this package. ``build(cfg)`` turns a ``task``
-config into an instance; ``run(cfg, out)`` runs a job whose task is not ``kl``."""
+config into an instance; a job (``lcc.job.run``) runs it on one job context (``lcc.context``)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from pathlib import Path
 from typing import Any
 
-from lcc.tasks.base import REGISTRY, Task, get, register  # noqa: F401
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
-#: modules of this package that define no task
-_NOT_TASKS = {"__main__", "base", "synthetic", "score", "runner", "report", "words", "prelaunch"}
+from lcc.tasks.base import REGISTRY, Task, get  # noqa: F401
+
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
-    if _m.name not in _NOT_TASKS:
+    if _m.name != "__main__":  # every module: those that define a task register it (lcc.tasks.base)
         importlib.import_module(f"{__name__}.{_m.name}")
+
+#: the task of a config without a ``task`` node and of a result without a ``task`` entry (from before the
+#: task group): the one task that declares itself ``implicit``
+DEFAULT: str = next(n for n, c in REGISTRY.items() if c.implicit)
 
 
 def task_config(cfg: Any) -> dict:
-    """The job's ``task`` node as a plain dict (``{"name": "kl"}`` for configs from before the task group)."""
-    from omegaconf import OmegaConf
-
+    """The job's ``task`` node as a plain dict (``{"name": DEFAULT}`` for configs from before the task group)."""
     node = cfg.get("task") if hasattr(cfg, "get") else None
     if node is None:
-        return {"name": "kl"}
+        return {"name": DEFAULT}
     return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+
+
+def is_implicit(node: Any) -> bool:
+    """Whether a resolved ``task`` node is the default task without parameters (left out of config hashes, so
+    that results from before the task group stay valid)."""
+    return isinstance(node, dict) and set(node) == {"name"} and node["name"] in REGISTRY \
+        and REGISTRY[node["name"]].implicit
+
+
+def task_of(result: dict) -> str:
+    """The task name of a job's result.json."""
+    return result.get("task") or DEFAULT
 
 
 def build(node: Any) -> Task:
     """A task from its config node (a mapping with ``name`` and the task's parameters)."""
-    from omegaconf import DictConfig, OmegaConf
-
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     return get(params.pop("name", None)).from_config(params)
 
@@ -41,24 +55,32 @@ def of_job(cfg: Any) -> Task:
 
 def validate(cfg: Any) -> None:
     """Check a job config's task (and what the task asks of the rest of the config)."""
-    task = of_job(cfg)
-    if task.kind == "lm_eval":
-        from lcc.tasks.prelaunch import check_lm_eval
-        check_lm_eval(cfg)
-    task.check_job(cfg)
+    of_job(cfg).check_job(cfg)
 
 
-def kind(cfg: Any) -> str:
-    return get(task_config(cfg).get("name")).kind
+def config_node(cls: type[Task]) -> type:
+    """The Hydra schema of ``task=<cls.name>`` for a task without a YAML file in ``lcc/conf/task/``: ``name``
+    and one key per field, with the field's default (values typed ``Any``: the task's ``check`` names the
+    valid ones)."""
+    fields: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
+    for f in dataclasses.fields(cls):
+        default = ({"default_factory": f.default_factory} if f.default_factory is not dataclasses.MISSING
+                   else {"default": f.default})
+        fields.append((f.name, Any, dataclasses.field(**default)))
+    node = dataclasses.make_dataclass(f"{cls.__name__}TaskConfig", fields)
+    node.__module__ = __name__  # importable by name: submitit pickles composed configs
+    globals()[node.__name__] = node
+    return node
 
 
-def run(cfg: Any, out: Path) -> dict:
-    """The result fields of a job whose task is not ``kl`` (lcc.job.run writes them into result.json)."""
-    task = of_job(cfg)
-    if task.kind == "synthetic":
-        from lcc.tasks.runner import evaluate
-        return evaluate(cfg, out, task)
-    if task.kind == "lm_eval":
-        from lcc.tasks.lm_eval import evaluate as lm_evaluate
-        return lm_evaluate(cfg, out, task)
-    raise ValueError(f"task kind {task.kind!r} has no runner")
+def _store_configs() -> None:
+    """``task=<name>`` for every registered task: its YAML in lcc/conf/task/ where there is one (with its
+    comments), else the schema made from its fields, so that a new task is one module."""
+    yaml_dir = Path(__file__).resolve().parent.parent / "conf" / "task"
+    cs = ConfigStore.instance()
+    for name, cls in sorted(REGISTRY.items()):
+        if not (yaml_dir / f"{name}.yaml").exists():
+            cs.store(group="task", name=name, node=config_node(cls), provider="lcc")
+
+
+_store_configs()

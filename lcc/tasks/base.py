@@ -1,37 +1,35 @@
 """The task contract and its name registry (task metrics are entries of ``lcc.metrics.registry``).
 
 A task is a small dataclass: its fields are its parameters (with their defaults), ``check()`` range-checks
-them (a ``ConfigError`` naming the value and the valid choices), and ``kind`` says how a job runs it:
+them (a ``ConfigError`` naming the value and the valid choices). A job (``lcc.job.run``) builds one context
+(``lcc.context.JobContext``: compressor, caches, loaded model, calibration batch) and calls the task's hooks:
 
-* ``kl``: the per-position KL on text (``lcc.job``'s own path, unchanged);
-* ``synthetic``: seeded prompts that fill the context exactly (``samples()``), scored on the dense and the
-  compressed model by ``lcc.tasks.score`` (greedy decoding with a KV cache, teacher-forced answer NLL, KL at
-  the answer positions);
-* ``lm_eval``: an lm-evaluation-harness task run on the in-memory model (``lcc.tasks.lm_eval``).
+* ``prepare(job)``: the task's inputs (token windows, prompts), made before the calibration batch;
+* ``probe_ids(job)``: token ids the compressor checks its tokenizer against (e.g. a checkpoint's);
+* ``run(job)``: dense reference, ``job.compress()``, compressed evaluation, files; returns the result's body
+  (``summary``, its own rows, ``files``); ``job.result`` adds the entries every result carries.
 
-Every module of ``lcc/tasks/`` that defines a task registers it with ``@register``; ``lcc.tasks`` imports
-them all (module discovery), so adding a task is adding one module plus ``lcc/conf/task/<name>.yaml``.
+and, reading results (no model): ``done_line(result)`` (the job's last log line) and ``reporter`` (reduce's
+tables of its jobs: ``reporter(sweep_dir, jobs, plots) -> (markdown lines, files)``; jobs whose results carry a
+per-position ``curve`` are reduce's own sensitivity tables). ``kind`` names the metric family of its summary
+(``lcc.metrics.registry``: kl, synthetic, lm_eval), written into the result as ``metrics``.
+
+A subclass that sets ``name`` registers itself (``lcc.registry``: a second task under a taken name is an error);
+``lcc.tasks`` imports every module of the package (module discovery), so adding a task is adding one module.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from lcc import ConfigError
+from lcc.metrics import registry
+from lcc.registry import Registry
 
-REGISTRY: dict[str, type["Task"]] = {}
-
-
-def register(cls: type["Task"]) -> type["Task"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type["Task"]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown task {name!r}; valid choices: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+#: every task by name (a subclass that sets ``name`` registers itself)
+REGISTRY: Registry[type["Task"]] = Registry("task")
+get = REGISTRY.get
 
 
 @dataclass
@@ -40,6 +38,11 @@ class Task:
 
     name: ClassVar[str]
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "name" in vars(cls):
+            REGISTRY.register(cls)
 
     @classmethod
     def param_names(cls) -> list[str]:
@@ -58,11 +61,36 @@ class Task:
     def check(self) -> None:
         """Range checks; raise ConfigError naming the value and the valid choices."""
 
+    #: True for the default task only: its config node ``{name: <name>}`` is left out of the config hash
+    implicit: ClassVar[bool] = False
+    #: reduce's report of this task's jobs: ``reporter(sweep_dir, jobs, plots) -> (lines, files)``, or None
+    reporter: ClassVar[Callable | None] = None
+
     def check_job(self, cfg: Any) -> None:
         """Checks of the rest of a job's config that this task needs (no model loaded)."""
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # ---- the job (lcc.context.JobContext) --------------------------------------------------------------
+    def prepare(self, job: Any) -> Any:
+        """The task's inputs (made before the calibration batch; timed as ``data_s``)."""
+        return None
+
+    def probe_ids(self, job: Any) -> Any:
+        """Token ids the compressor checks its tokenizer against (None: no check)."""
+        return None
+
+    def run(self, job: Any) -> dict[str, Any]:
+        """Dense reference, ``job.compress()``, compressed evaluation, files: the result's body."""
+        raise NotImplementedError
+
+    # ---- results --------------------------------------------------------------------------------------
+    @classmethod
+    def done_line(cls, result: dict) -> str:
+        """The job's last log line."""
+        line = registry.log_line(result["summary"], cls.kind)
+        return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
 
 
 # ---- parameter checks (messages name the value and what is valid) ------------------------------

@@ -1,7 +1,7 @@
 """What ``task=lm_eval`` adds for long-context benchmarks: RULER's task metadata (the model's own tokenizer and
 ``max_seq_lengths=[ctx]``), its checks before launch, its per-length score as an accuracy, and the shared
 dense cache of lm-eval results (the dense scores of a (model, task settings, ctx, seed) are computed once per
-sweep and reused by every compressor, through ``lcc.cache``'s TensorStore, as the synthetic tasks do).
+sweep and reused by every compressor, through the one dense-reference path of every task, lcc.cache.dense).
 
 RULER (lm-eval's ``lm_eval/tasks/ruler``) generates its own prompts, sized in tokens of a tokenizer it loads by
 name (``AutoTokenizer.from_pretrained(metadata["tokenizer"])``); lcc saves the job's in-memory tokenizer once
@@ -25,7 +25,12 @@ from typing import Any
 
 import torch
 
+from omegaconf import OmegaConf
+
 from lcc import ConfigError
+from lcc.cache import DenseEntry, source_fingerprint
+from lcc.cache import dense_inputs as cache_inputs
+from lcc.cache.keys import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -268,44 +273,31 @@ def _slim(res: dict) -> dict:
     return json.loads(json.dumps({"results": res.get("results", {}), "samples": samples}, default=str))
 
 
-def dense_inputs(cfg: Any, task: Any, model, meta: dict | None, device, dtype) -> dict:
-    from omegaconf import OmegaConf
-
-    from lcc.cache import FORMAT, source_fingerprint
-    from lcc.cache.keys import device_id, library_versions, model_identity
-    from lcc.tasks.lm_eval import _version
-
+def dense_inputs(cfg: Any, task: Any, model, meta: dict | None, device, dtype, lm_eval_version: str) -> dict:
+    """Everything lm-eval's dense results depend on (their cache key is its sha256)."""
     meta = {k: v for k, v in (meta or {}).items() if k != "tokenizer"}  # the folder is named by its content
-    return {"entry": "lm_eval_dense", "format": FORMAT, "model": model_identity(cfg.model, model),
-            "task": OmegaConf.to_container(cfg.task, resolve=True), "metadata": meta,
-            "ctx": int(cfg.ctx.tokens), "seed": int(cfg.seed), "dtype": str(dtype), "device": device_id(device),
-            "versions": {**library_versions(), "lm_eval": _version()},
-            "code": source_fingerprint("models.py", "tasks/lm_eval.py", "tasks/bridge.py")}
+    return cache_inputs("lm_eval_dense", cfg, model, device, dtype,
+                        source_fingerprint("models.py", "tasks/lm_eval.py", "tasks/bridge.py"),
+                        versions={**library_versions(), "lm_eval": lm_eval_version},
+                        task=OmegaConf.to_container(cfg.task, resolve=True), metadata=meta,
+                        ctx=int(cfg.ctx.tokens), seed=int(cfg.seed))
 
 
-def dense_results(store, inputs: dict, compute) -> tuple[dict, float, str, str]:
-    """(lm-eval's dense results, seconds, hit|miss, key) through the TensorStore ``store`` (one uint8 tensor of
-    the results' JSON); ``compute()`` -> lm-eval's results."""
-    from lcc.cache import key_of
-
-    key = key_of(inputs)
-
-    def miss():
-        log.info("dense lm-eval run (cache miss, storing as %s)", key[:16])
+def dense_results(entry: DenseEntry, compute) -> tuple[dict, float, bool, float]:
+    """(lm-eval's dense results, seconds, hit, seconds in the cache) through the dense cache ``entry`` (one uint8
+    tensor of the results' JSON); ``compute()`` -> lm-eval's results."""
+    def tensors():
         t = time.perf_counter()
         res = _slim(compute())
         s = time.perf_counter() - t
         blob = json.dumps(res, sort_keys=True).encode()
-        return {"results_json": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()}, {"dense_eval_s": s}
+        return {"results_json": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone()}, s
 
     def check(tensors: dict, meta: dict) -> str | None:
         return None if set(tensors) == {"results_json"} else "tensor names differ"
 
-    tensors, meta, hit = store.get_or_create(key, inputs, miss, check)
-    res = json.loads(bytes(tensors["results_json"].numpy()).decode())
-    if hit:
-        log.info("dense lm-eval results from the cache (%s)", store.path(key))
-    return res, float(meta["facts"]["dense_eval_s"]), "hit" if hit else "miss", key
+    got, s, hit, cache_s = entry.get_or_compute("dense lm-eval results", "dense_eval_s", tensors, check)
+    return json.loads(bytes(got["results_json"].numpy()).decode()), s, hit, cache_s
 
 
 # ---- local stand-ins of hub long-context benchmarks ------------------------------------------------------

@@ -26,9 +26,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from lcc import ConfigError, compressors
-from lcc.io import file_records, write_parquet
-from lcc.tasks.base import Task, check_bool, check_int, register
+from lcc import ConfigError
+from lcc.io import write_parquet
+from lcc.tasks import bridge
+from lcc.tasks.base import Task, check_bool, check_int
+from lcc.tasks.prelaunch import check_lm_eval
+from lcc.tasks.report import report as task_report
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install -e '.[tasks]'   (or: make venv)"
@@ -47,11 +50,11 @@ def task_manager(include_path: str | None, metadata: str | None = None):
     return TaskManager(include_path=include_path, metadata=meta) if include_path else TaskManager(metadata=meta)
 
 
-@register
 @dataclass
 class LmEval(Task):
     name: ClassVar[str] = "lm_eval"
     kind: ClassVar[str] = "lm_eval"
+    reporter: ClassVar = staticmethod(task_report)
     tasks: list = field(default_factory=list)   # lm-eval task or group names, e.g. [mmlu] or [triviaqa]
     include_path: Any = None      # a folder of extra task YAMLs (local tasks), or null
     num_fewshot: Any = None       # null: each task's default
@@ -89,16 +92,29 @@ class LmEval(Task):
                               f"task metadata, e.g. {{max_seq_lengths: [4096]}}")
 
     def check_job(self, cfg: Any) -> None:
-        """Unknown task names fail before launch, with the closest known names."""
+        """A Hugging Face tokenizer; unknown task names fail before launch, with the closest known names."""
+        check_lm_eval(cfg)
         known = set(task_manager(self.include_path).all_tasks)
         bad = [t for t in self.tasks if t not in known]
         if bad:
             hints = {t: difflib.get_close_matches(t, known, n=3) for t in bad}
             raise ConfigError(f"task.tasks: unknown lm-eval task(s) {bad}; closest known: {hints} "
                               f"(all: `lm_eval ls tasks`; local tasks need task.include_path)")
-        from lcc.tasks.bridge import check_press, check_ruler
-        check_ruler(self, cfg, task_manager(self.include_path))
-        check_press(self, cfg, task_manager(self.include_path))
+        bridge.check_ruler(self, cfg, task_manager(self.include_path))
+        bridge.check_press(self, cfg, task_manager(self.include_path))
+
+    # ---- the job (lcc.context.JobContext) --------------------------------------------------------------
+    def prepare(self, job: Any) -> None:
+        tok = job.tokenizer
+        if not hasattr(tok, "apply_chat_template"):
+            raise ConfigError(f"task=lm_eval needs a Hugging Face tokenizer; model={job.cfg.model.name} has "
+                              f"{type(tok).__name__}")
+
+    def probe_ids(self, job: Any) -> torch.Tensor:
+        return _probe_ids(job.tokenizer)  # e.g. a checkpoint's tokenizer: before any evaluation
+
+    def run(self, job: Any) -> dict[str, Any]:
+        return run_lm_eval(job, self)
 
 
 def _metric_rows(res: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
@@ -145,30 +161,14 @@ def _run(task: LmEval, model, tok, max_length: int, seed: int, metadata: dict | 
                            fewshot_random_seed=seed)
 
 
-def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
-    """lcc.job's load and compress steps around lm-eval's dense and compressed evaluations. The dense results
-    go through the shared dense cache (lcc.tasks.bridge): k compressors of a sweep cost k + 1 evaluations."""
-    from lcc.cache import TensorStore, settings
-    from lcc.data import calibration_batch
-    from lcc.job import compress_step, load_step
-    from lcc.tasks import bridge
-
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    comp = compressors.build(cfg.compressor)
-    caches = settings(cfg)
-    m = load_step(cfg)
+def run_lm_eval(job, task: LmEval) -> dict[str, Any]:
+    """The body of an lm_eval result, on the job context (lcc.context): lm-eval on the dense model (through the
+    shared dense cache, lcc.tasks.bridge: k compressors of a sweep cost k + 1 evaluations), compress in place,
+    lm-eval on the compressed model; the rows of both scores per task and metric."""
+    cfg, m = job.cfg, job.loaded
     model, tok = m.model, m.tokenizer
-    if not hasattr(tok, "apply_chat_template"):
-        raise ConfigError(f"task=lm_eval needs a Hugging Face tokenizer; model={cfg.model.name} has "
-                          f"{type(tok).__name__}")
-    ctx = int(cfg.ctx.tokens)
+    ctx = job.ctx
     max_length = int(task.max_length or ctx)
-    timings["load_s"] = m.seconds
-    calib = calibration_batch(cfg.calib, tok) if comp.needs_calibration() else None
-    comp.check_targets(model)
-    comp.check_inputs(tok, _probe_ids(tok))  # e.g. a checkpoint's tokenizer: before any evaluation
     ruler = bridge.ruler_tasks(task_manager(task.include_path), task.tasks)
     meta = bridge.task_metadata(task, bool(ruler), tok, ctx)
 
@@ -180,26 +180,17 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
                 raise clear from e
             raise
 
-    cache: dict[str, Any] = {"dense": "off"}
-    if caches.enabled and caches.dense:
-        store = TensorStore(caches.dir, "dense")
-        inputs = bridge.dense_inputs(cfg, task, model, meta, m.device, m.dtype)
-        t = time.perf_counter()
-        dense, timings["dense_eval_s"], cache["dense"], cache["dense_key"] = bridge.dense_results(
-            store, inputs, run_lm)
-        timings["dense_cache_s"] = time.perf_counter() - t - (0.0 if cache["dense"] == "hit"
-                                                              else timings["dense_eval_s"])
-        cache["dir"] = str(caches.dir)
+    timings = job.timings
+    entry = job.caches.dense_entry(
+        lambda: bridge.dense_inputs(cfg, task, model, meta, m.device, m.dtype, _version()))
+    if entry is not None:
+        dense, timings["dense_eval_s"], hit, cache_s = bridge.dense_results(entry, run_lm)
+        job.dense_cached("hit" if hit else "miss", entry.key, cache_s)
     else:
         t = time.perf_counter()
         dense = bridge._slim(run_lm())
         timings["dense_eval_s"] = time.perf_counter() - t
-    compression = compress_step(comp, model, calib, cfg.seed,
-                                caches.compressed_cache(cfg, comp, model, calib, m.device, m.dtype),
-                                uncached=caches.uncached_status(comp))
-    timings["compress_s"] = compression.compress_s
-    info = compression.info
-    cache["compressed"] = compression.status
+    job.compress()
     t = time.perf_counter()
     with bridge.press_generation(model):  # a KV-eviction press compresses each prompt's cache once, after reading it
         compd = bridge._slim(run_lm())
@@ -223,7 +214,7 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
     samples = pd.DataFrame()
     if not sd.empty and not sc.empty:
         samples = sd.merge(sc, on=["lm_task", "doc_id", "filter"], how="outer")
-        write_parquet(out / "samples.parquet", samples)
+        write_parquet(job.out / "samples.parquet", samples)
         files.append("samples.parquet")
     first = rows[0]
     summary = {"score_dense": first["dense"], "score_dense_se": first["dense_se"],
@@ -234,11 +225,7 @@ def evaluate(cfg: DictConfig, out: Path, task: LmEval) -> dict[str, Any]:
     result = {}
     if ruler:  # RULER's score at the job's length, per task: an accuracy beside passkey / niah in reduce
         result["ruler"] = bridge.ruler_rows(rows, ruler, bridge.ruler_lengths(task.metadata, ctx), samples)
-    timings["total_s"] = time.perf_counter() - t0
-    return {"model": cfg.model.name, "data": "lm_eval", "ctx": ctx, "task": task.name,
-            "task_params": task.params(), "compressor": comp.name, "level": comp.level(), "compress_info": info,
-            "summary": summary, "lm_eval": rows, **result, "timings": timings, "files": files,
-            "checksums": file_records(out, files), "cache": cache,
+    return {"data": "lm_eval", "summary": summary, "lm_eval": rows, **result, "files": files,
             "lm_eval_versions": {"lm_eval": _version()}}
 
 

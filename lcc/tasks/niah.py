@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from lcc import ConfigError
-from lcc.tasks.base import check_choice, check_int, register
+from lcc.tasks.base import check_choice, check_int
 from lcc.tasks.synthetic import Spec, SyntheticTask, distinct_number, n_numbers, random_key
 from lcc.tasks.words import value_words
 
@@ -22,7 +22,6 @@ FRAME_WORDS = set("some special magic numbers words number word are is hidden wi
 VALUES = value_words(FRAME_WORDS)
 
 
-@register
 @dataclass
 class NIAH(SyntheticTask):
     name: ClassVar[str] = "niah"

@@ -6,14 +6,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from lcc.tasks.base import check_choice, check_int, register
+from lcc.tasks.base import check_choice, check_int
 from lcc.tasks.synthetic import Spec, SyntheticTask, random_number
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.\n\n")
 
 
-@register
 @dataclass
 class Passkey(SyntheticTask):
     name: ClassVar[str] = "passkey"

@@ -1,6 +1,7 @@
 """Task results in ``lcc.reduce``: tables and the needle-in-a-haystack heatmaps, from result.json files only.
 
-``report(sweep_dir, jobs)`` is called by ``lcc.reduce.reduce`` with its job table; it returns the markdown
+``report(sweep_dir, jobs)`` is the ``reporter`` of the synthetic tasks and of lm_eval: ``lcc.reduce`` calls it
+with the rows of their finished jobs; it returns the markdown
 sections and writes ``tasks.csv`` (one row per finished task job), ``tasks_by_depth.csv`` and
 ``plots/<task>_depth_ctx.png`` (accuracy per depth x ctx: one panel for the dense model and one per compressor
 and level). The metrics and their labels come from the registry (``lcc.metrics.registry``, kinds
@@ -14,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 
 from lcc.io import atomic_write, read_json
-from lcc.metrics import registry
 from lcc.names import TASK_HEATMAP, TASK_TABLES, ctx_label
 
 ROW = ["model", "data", "task", "compressor", "level"]
@@ -28,16 +28,10 @@ def _fmt(m, se=None, digits: int = 3) -> str:
     return f"{m:.{digits}g} ± {se:.2g}"
 
 
-def done_line(result: dict) -> str:
-    """The job's last log line."""
-    line = registry.log_line(result["summary"], registry.kind_of(result))
-    return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
-
-
 def load(sweep_dir: Path, jobs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(one row per synthetic-task job, one row per job and depth, one row per lm-eval job and metric)."""
     per_job, per_depth, lm = [], [], []
-    ok = jobs[(jobs.status == "ok") & (jobs.get("task", "kl") != "kl")] if "task" in jobs else jobs.iloc[:0]
+    ok = jobs[jobs.status == "ok"]
     for _, r in ok.iterrows():
         res = read_json(sweep_dir / r.job / "result.json")
         base = {"job": r.job, "model": res.get("model"), "data": res.get("data"), "task": res.get("task"),

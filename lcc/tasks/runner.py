@@ -1,11 +1,11 @@
 """A job with a synthetic task (passkey, niah, vt): prompts -> dense scores (cached) -> compress in place ->
-compressed scores -> per-prompt rows (samples.parquet) and the summary of the registry's
-``synthetic`` metrics (lcc.metrics.registry).
+compressed scores -> per-prompt rows (samples.parquet) and the summary of the registry's ``synthetic`` metrics
+(lcc.metrics.registry).
 
-The same conventions as a KL job (lcc/job.py): one model copy (the dense model is scored first, then
-compressed in place), the shared dense cache (the dense scores of a (model, task, ctx, seed) are computed once
-and reused by every compressor of a sweep), the compressed-weights cache, and result.json written last by
-``lcc.job.run``.
+The same conventions as a KL job (lcc/tasks/kl.py, on the same job context, lcc/context.py): one model copy (the
+dense model is scored first, then compressed in place), the shared dense cache (the dense scores of a (model,
+task, ctx, seed) are computed once and reused by every compressor of a sweep, through lcc/cache/dense.py), the
+compressed-weights cache, and result.json written last by ``lcc.job.run``.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lcc import compressors
-from lcc.io import file_records, write_parquet
+from lcc.cache import dense_inputs, source_fingerprint
+from lcc.cache.keys import tokens_sha256
 from lcc.evaluate import logits_fn
+from lcc.io import write_parquet
+from lcc.metrics import chunked_token_metrics
 from lcc.metrics.summary import prompt_summary
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
 from lcc.tasks.synthetic import Sample, SyntheticTask
@@ -29,37 +31,30 @@ log = logging.getLogger(__name__)
 
 
 def _prompts_sha(samples: list[Sample]) -> str:
-    from lcc.cache.keys import tokens_sha256
     return tokens_sha256(torch.cat([t for s in samples for t in (s.prompt, s.answer)]))
 
 
 def dense_cache_inputs(cfg: DictConfig, task: SyntheticTask, model, samples, device, dtype, eos) -> dict:
     """Everything the dense scores depend on (their cache key is its sha256)."""
-    from lcc.cache import FORMAT, source_fingerprint
-    from lcc.cache.keys import device_id, library_versions, model_identity
-
-    return {"entry": "task_dense", "format": FORMAT, "model": model_identity(cfg.model, model),
-            "task": OmegaConf.to_container(cfg.task, resolve=True), "ctx": int(cfg.ctx.tokens),
-            "seed": int(cfg.seed), "prompts_sha256": _prompts_sha(samples), "eos": sorted(eos),
-            "dtype": str(dtype), "device": device_id(device), "versions": library_versions(),
-            "code": source_fingerprint("models.py", "evaluate.py", "tasks/score.py")}
+    return dense_inputs("task_dense", cfg, model, device, dtype,
+                        source_fingerprint("models.py", "evaluate.py", "tasks/score.py"),
+                        task=OmegaConf.to_container(cfg.task, resolve=True), ctx=int(cfg.ctx.tokens),
+                        seed=int(cfg.seed), prompts_sha256=_prompts_sha(samples), eos=sorted(eos))
 
 
-def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, store, status
-                  ) -> tuple[list[Scored], float]:
-    run = lambda: score_all(model, head, samples, task.decode_budget, eos, decode, "dense prompts")  # noqa: E731
-    if store is None:
+def _dense_scores(job, task, head, samples, eos, decode) -> tuple[list[Scored], float]:
+    """The dense model's scores of every prompt, through the dense cache (lcc.cache.dense) where it is on."""
+    m = job.loaded
+    run = lambda: score_all(m.model, head, samples, task.decode_budget, eos, decode, "dense prompts")  # noqa: E731
+    entry = job.caches.dense_entry(lambda: dense_cache_inputs(job.cfg, task, m.model, samples, m.device, m.dtype,
+                                                              eos))
+    if entry is None:
         t = time.perf_counter()
         scored = run()
         return scored, time.perf_counter() - t
-    from lcc.cache import key_of
-
-    inputs = dense_cache_inputs(cfg, task, model, samples, device, dtype, eos)
-    key = key_of(inputs)
     n = len(samples)
 
     def compute():
-        log.info("dense scoring of %d prompts (cache miss, storing as %s)", n, key[:16])
         t = time.perf_counter()
         sc = run()
         s = time.perf_counter() - t
@@ -68,7 +63,7 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
             tensors[f"hidden.{i:05d}"] = x.hidden
             tensors[f"generated.{i:05d}"] = torch.tensor(x.generated, dtype=torch.long)
             tensors[f"seconds.{i:05d}"] = torch.tensor([x.seconds], dtype=torch.float64)
-        return tensors, {"dense_score_s": s}
+        return tensors, s
 
     def check(tensors: dict, meta: dict) -> str | None:
         want = {f"{k}.{i:05d}" for i in range(n) for k in ("hidden", "generated", "seconds")}
@@ -78,13 +73,8 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
             return "answer lengths differ from this job's prompts"
         return None
 
-    t = time.perf_counter()
-    tensors, meta, hit = store.get_or_create(key, inputs, compute, check)
-    s = float(meta["facts"]["dense_score_s"])
-    status.update(dense="hit" if hit else "miss", dense_key=key,
-                  dense_cache_s=time.perf_counter() - t - (0.0 if hit else s))
-    if hit:
-        log.info("dense scores of %d prompts from the cache (%s)", n, store.path(key))
+    tensors, s, hit, cache_s = entry.get_or_compute(f"dense scores of {n} prompts", "dense_score_s", compute, check)
+    job.dense_cached("hit" if hit else "miss", entry.key, cache_s)
     return [Scored(hidden=tensors[f"hidden.{i:05d}"], generated=tensors[f"generated.{i:05d}"].tolist(),
                    seconds=float(tensors[f"seconds.{i:05d}"][0])) for i in range(n)], s
 
@@ -92,8 +82,6 @@ def _dense_scores(cfg, task, model, head, samples, eos, decode, device, dtype, s
 def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_head, comp_head, decode
          ) -> pd.DataFrame:
     """One row per prompt: outputs, correctness, answer NLL and KL at the answer positions."""
-    from lcc.metrics import chunked_token_metrics
-
     out = []
     for s, d, c in zip(samples, dense, comp):
         with torch.inference_mode():
@@ -112,57 +100,25 @@ def rows(samples: list[Sample], dense: list[Scored], comp: list[Scored], dense_h
     return pd.DataFrame(out)
 
 
-def evaluate(cfg: DictConfig, out: Path, task: SyntheticTask) -> dict[str, Any]:
-    """The task recipe: lcc.job's load and compress steps around the prompts and the two scorings."""
-    from lcc.cache import TensorStore, settings
-    from lcc.data import calibration_batch
-    from lcc.job import compress_step, dense_head, load_step
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    comp = compressors.build(cfg.compressor)
-    caches = settings(cfg)
-    m = load_step(cfg)
-    ctx = int(cfg.ctx.tokens)
-    t = time.perf_counter()
-    samples = task.samples(m.tokenizer, ctx, int(cfg.seed), cfg.data)
-    calib = calibration_batch(cfg.calib, m.tokenizer) if comp.needs_calibration() else None
-    data_s = time.perf_counter() - t
-    log.info("task %s: %d prompts of %d tokens (%d depths x %d)", task.name, len(samples), ctx,
-             len(task.depths), task.n_samples)
-    comp.check_targets(m.model)
-    comp.check_inputs(m.tokenizer, torch.cat([s.prompt for s in samples[:8]]))
+def run_synthetic(job, task: SyntheticTask) -> dict[str, Any]:
+    """The body of a synthetic task's result, on the job context (lcc.context): dense scores (cached), compress
+    in place, compressed scores, per-prompt rows and their summary."""
+    m, samples = job.loaded, job.inputs
 
     def decode(ids: list[int]) -> str:
         return m.tokenizer.decode(ids, skip_special_tokens=True)
 
     eos = eos_ids(m.model, m.tokenizer)
-    head_d = dense_head(m.model, comp)  # before compression: the dense output head
-    cache: dict[str, Any] = {"dense": "off"}
-    dense_store = TensorStore(caches.dir, "dense") if caches.enabled and caches.dense else None
-    dense, dense_s = _dense_scores(cfg, task, m.model, head_d, samples, eos, decode, m.device, m.dtype,
-                                   dense_store, cache)
-    compression = compress_step(comp, m.model, calib, cfg.seed,
-                                caches.compressed_cache(cfg, comp, m.model, calib, m.device, m.dtype),
-                                uncached=caches.uncached_status(comp))
+    head_d = job.dense_head()  # before compression: the dense output head
+    dense, dense_s = _dense_scores(job, task, head_d, samples, eos, decode)
+    job.compress()
     head_c = logits_fn(m.model)
     t = time.perf_counter()
     scored = score_all(m.model, head_c, samples, task.decode_budget, eos, decode, "compressed prompts")
     comp_s = time.perf_counter() - t
     df = rows(samples, dense, scored, head_d, head_c, decode)
-    write_parquet(out / "samples.parquet", df)
+    write_parquet(job.out / "samples.parquet", df)
     summary, by_depth = prompt_summary(df, "synthetic")
-    timings = {"load_s": m.seconds, "data_s": data_s, "dense_score_s": dense_s,
-               "dense_cache_s": cache.pop("dense_cache_s", None), "compress_s": compression.compress_s,
-               "compress_cache_s": compression.cache_s, "compressed_score_s": comp_s,
-               "compressed_s_per_prompt": comp_s / len(samples), "total_s": time.perf_counter() - t0}
-    cache["compressed"] = compression.status
-    if compression.key:
-        cache["compressed_key"] = compression.key
-    if dense_store or compression.key:
-        cache["dir"] = str(caches.dir)
-    return {"model": cfg.model.name, "data": cfg.data.name, "ctx": ctx, "task": task.name,
-            "task_params": task.params(), "compressor": comp.name, "level": comp.level(),
-            "compress_info": compression.info, "weights": compression.weights, "summary": summary,
-            "by_depth": by_depth, "timings": {k: v for k, v in timings.items() if v is not None},
-            "files": ["samples.parquet"], "checksums": file_records(out, ["samples.parquet"]), "cache": cache}
+    job.timings.update(dense_score_s=dense_s, compressed_score_s=comp_s,
+                       compressed_s_per_prompt=comp_s / len(samples))
+    return {"summary": summary, "by_depth": by_depth, "files": ["samples.parquet"]}

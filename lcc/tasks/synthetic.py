@@ -23,6 +23,7 @@ import torch
 
 from lcc import ConfigError
 from lcc.tasks.base import Task, check_choice, check_int
+from lcc.tasks.report import report as task_report
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class SyntheticTask(Task):
     """Common parameters of the synthetic tasks; a subclass implements ``spec`` (the texts of one prompt)."""
 
     kind: ClassVar[str] = "synthetic"
+    reporter: ClassVar = staticmethod(task_report)
     depths: list = field(default_factory=lambda: list(DEFAULT_DEPTHS))
     n_samples: int = 20
     chat_template: Any = "auto"
@@ -232,6 +234,20 @@ class SyntheticTask(Task):
 
     def spec(self, rng: np.random.Generator, depth: float) -> Spec:
         raise NotImplementedError
+
+    # ---- the job (lcc.context.JobContext) --------------------------------------------------------------
+    def prepare(self, job: Any) -> list[Sample]:
+        samples = self.samples(job.tokenizer, job.ctx, job.seed, job.cfg.data)
+        log.info("task %s: %d prompts of %d tokens (%d depths x %d)", self.name, len(samples), job.ctx,
+                 len(self.depths), self.n_samples)
+        return samples
+
+    def probe_ids(self, job: Any) -> torch.Tensor:
+        return torch.cat([s.prompt for s in job.inputs[:8]])
+
+    def run(self, job: Any) -> dict[str, Any]:
+        from lcc.tasks.runner import run_synthetic  # runner imports this module (Sample)
+        return run_synthetic(job, self)
 
     def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
         sp = self.spec(rng, depth)

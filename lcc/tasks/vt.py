@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from lcc import ConfigError
-from lcc.tasks.base import check_choice, check_int, register
+from lcc.tasks.base import check_choice, check_int
 from lcc.tasks.synthetic import MAX_TRIES, Spec, SyntheticTask, distinct_number, n_numbers
 
 
@@ -29,7 +29,6 @@ def _var(rng: np.random.Generator, used: set[str]) -> str:
 NOT_NAMES = ("TRACK", "CHAIN", "VALUE", "ABOVE", "GRASS", "GREEN", "THERE", "AGAIN")
 
 
-@register
 @dataclass
 class VT(SyntheticTask):
     name: ClassVar[str] = "vt"
