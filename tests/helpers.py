@@ -32,3 +32,21 @@ def run_cli(*args: str, module: str = "lcc.sweep", cwd: str | Path | None = None
     env.pop("HYDRA_FULL_ERROR")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def package_with_module(tmp_path: Path, rel: str, source: str):
+    """A copy of the lcc package under ``tmp_path/src`` with one module added at ``lcc/<rel>``, and a function
+    ``run(module, *args, timeout=600)`` that runs ``python -m <module> <args>`` on that copy (cwd ``tmp_path``):
+    the contract tests' "a new X is one module, nothing else edited"."""
+    import shutil
+    import textwrap
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "lcc" / rel).write_text(textwrap.dedent(source))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    env.pop("HYDRA_FULL_ERROR", None)
+
+    def run(module: str, *args: str, timeout: int = 600):
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=timeout)
+    return run

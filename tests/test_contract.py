@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,7 @@ from lcc import ConfigError
 from lcc.cache import CODECS
 from lcc.compressors import REGISTRY, Storage, build
 from lcc.models import tiny_llama
-from tests.helpers import ROOT, make_cfg
+from tests.helpers import ROOT, make_cfg, package_with_module
 
 #: besides every registered compressor at its defaults: compositions of each storage kind, and levels that
 #: change a capability (mixed with a calibrated saliency)
@@ -189,16 +184,11 @@ class Scale(Compressor):
 def test_a_new_compressor_is_one_module(tmp_path):
     """Copy the package, add one module to lcc/compressors/ and nothing else: it is a Hydra config option,
     validated before launch, runs in a sweep, caches by its declared storage and shows in reduce's table."""
-    src = tmp_path / "src"
-    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "lcc" / "compressors" / "scale_test.py").write_text(textwrap.dedent(NEW_MODULE))
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    env.pop("HYDRA_FULL_ERROR", None)
+    run = package_with_module(tmp_path, "compressors/scale_test.py", NEW_MODULE)
 
     def sweep(*args):
-        return subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=128", "n_docs=2",
-                               "logger=none", f"++cache.dir={tmp_path / 'cache'}", *args], cwd=tmp_path, env=env,
-                              text=True, capture_output=True, timeout=600)
+        return run("lcc.sweep", "-m", "model=tiny", "ctx.tokens=128", "n_docs=2", "logger=none",
+                   f"++cache.dir={tmp_path / 'cache'}", *args)
 
     bad = sweep("compressor=scale_test", "compressor.factor=0.5,2", f"hydra.sweep.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "nothing was launched" in bad.stderr
@@ -214,6 +204,5 @@ def test_a_new_compressor_is_one_module(tmp_path):
     assert {k: res["x0.5"]["weights"][k] for k in ("targeted_linears", "changed_linears")} == \
         {"targeted_linears": 14, "changed_linears": 14}
     assert res["x0.5"]["cache"]["compressed"] == "miss" and res["x0.5"]["compress_info"] == {"n_linears": 14}
-    red = subprocess.run([sys.executable, "-m", "lcc.reduce", str(tmp_path / "sweep"), "--no-plots"], cwd=tmp_path,
-                         env=env, text=True, capture_output=True, timeout=300)
+    red = run("lcc.reduce", str(tmp_path / "sweep"), "--no-plots", timeout=300)
     assert red.returncode == 0 and "| scale_test   | x0.5" in red.stdout, red.stdout + red.stderr

@@ -5,15 +5,10 @@ entries) and is reported by reduce through its own ``reporter``."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import package_with_module
 
 NEW_TASK = '''
 """task=last_token: top-1 agreement and KL of the next-token distribution at the last position of n windows."""
@@ -76,16 +71,11 @@ class LastToken(Task):
 
 @pytest.mark.slow
 def test_a_new_task_is_one_module(tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(ROOT / "lcc", src / "lcc", ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "lcc" / "tasks" / "last_token.py").write_text(textwrap.dedent(NEW_TASK))
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    env.pop("HYDRA_FULL_ERROR", None)
+    run = package_with_module(tmp_path, "tasks/last_token.py", NEW_TASK)
 
     def sweep(*args):
-        return subprocess.run([sys.executable, "-m", "lcc.sweep", "-m", "model=tiny", "ctx.tokens=128",
-                               "logger=none", "cache.enabled=false", "task=last_token", *args], cwd=tmp_path,
-                              env=env, text=True, capture_output=True, timeout=600)
+        return run("lcc.sweep", "-m", "model=tiny", "ctx.tokens=128", "logger=none", "cache.enabled=false",
+                   "task=last_token", *args)
 
     bad = sweep("task.n=2,9", "compressor=quant", f"hydra.sweep.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "nothing was launched" in bad.stderr, bad.stderr[-3000:]
@@ -103,8 +93,7 @@ def test_a_new_task_is_one_module(tmp_path):
         assert {"load_s", "data_s", "compress_s", "total_s"} <= set(r["timings"])
         assert r["cache"] == {"dense": "off", "compressed": "off"} and "torch" in r["versions"]
         assert r["files"] == ["last.parquet"] and list(r["checksums"]) == ["last.parquet"]
-    red = subprocess.run([sys.executable, "-m", "lcc.reduce", str(tmp_path / "sweep"), "--no-plots"],
-                         cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    red = run("lcc.reduce", str(tmp_path / "sweep"), "--no-plots", timeout=300)
     assert red.returncode == 0, red.stdout + red.stderr
     assert "## Last token" in red.stdout and "2 jobs: 2 ok" in red.stdout
     assert len((tmp_path / "sweep" / "last_token.csv").read_text().splitlines()) == 3
