@@ -120,16 +120,11 @@ def check_press(task: Any, cfg: Any, tm) -> None:
                           f"niah_single_1, LongBench); log-likelihood tasks would score the dense model")
 
 
-@contextlib.contextmanager
 def press_generation(model):
     """The compressed side's lm-eval run: with a press installed, each ``generate()`` compresses the prompt's cache
     once, after reading all of it (query-aware: lm-eval prompts end with the question), and decodes on it."""
     press = getattr(model, "_lcc_press", None)
-    if press is None:
-        yield
-        return
-    with press.on_prefill(model):
-        yield
+    return press.on_prefill(model) if press is not None else contextlib.nullcontext()
 
 
 # ---- RULER's metadata -----------------------------------------------------------------------------
