@@ -196,7 +196,9 @@ def test_bad_values_name_the_value(bad, msg):
 def test_kl_job_ratio_zero_is_kl_zero_and_composes_with_kv(tmp_path):
     base = ["model=tiny", "logger=none", "ctx.tokens=256", "n_docs=2", "cache.enabled=false"]
     r0 = run(make_cfg([*base, "compressor=knorm", "compressor.ratio=0.0", "compressor.chunk=64"], tmp_path / "a"))
-    assert r0["status"] == "ok" and r0["summary"]["kl_mean"] < 1e-8
+    # fp32: reading in chunks through a cache vs one full pass differs only by float rounding (~1e-8, by the
+    # thread count's reduction order), five orders below the ratio-0.5 press's KL asserted below
+    assert r0["status"] == "ok" and r0["summary"]["kl_mean"] < 1e-6
     r5 = run(make_cfg([*base, "compressor=knorm", "compressor.ratio=0.5", "compressor.chunk=64"], tmp_path / "b"))
     kv = run(make_cfg([*base, "compressor=kv", "compressor.bits=2"], tmp_path / "c"))
     both = run(make_cfg([*base, "compressor=compose",
