@@ -1,6 +1,7 @@
-"""FP8 / MX / NVFP4 formats (issue 19): the grids equal compressed-tensors' (recorded fixtures from SmolLM2, and the
-library itself when it is installed), their properties (representable values, scale rules, saturation), the
-compressors' contract details and their composition with the KV path."""
+"""FP8 / MX / NVFP4 formats (issue 19): the grids equal compressed-tensors' (its quantize functions, called live on
+random tensors with an LLM's outlier structure, and, slow, on SmolLM2's weights by scripts/compare_formats.py),
+their properties (representable values, scale rules, saturation), the compressors' contract details and their
+composition with the KV path."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from lcc import ConfigError
 from lcc.compressors import build
@@ -17,81 +17,112 @@ from lcc.compressors.kv import KVSpec
 from lcc.models import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "formats_reference.safetensors"
-# regenerate: python scripts/compare_formats.py --fixtures tests/fixtures/formats_reference.safetensors
-
-WEIGHT = {  # fixture key -> lcc on the stored slice
-    "w_ref/fp8/tensor": lambda w, fused: F.fp8_tensor(w),
-    "w_ref/fp8/FP8_DYNAMIC": lambda w, fused: F.fp8_rows(w),
-    "w_ref/fp8/FP8_BLOCK": lambda w, fused: F.fp8_blocks(w, 128),
-    "w_ref/mxfp4/MXFP4A16": lambda w, fused: F.mx(w, "e2m1"),
-    "w_ref/mxfp8/MXFP8A16": lambda w, fused: F.mx(w, "e4m3"),
-    "w_ref/nvfp4/NVFP4A16": lambda w, fused: F.nvfp4(w, global_amax=fused),
-}
-ACT = {  # fixture key -> the compressor whose input hook runs
-    "a_ref/fp8/FP8_DYNAMIC": {"name": "fp8"},
-    "a_ref/fp8/FP8_BLOCK": {"name": "fp8", "weights": "block", "acts": "group"},
-    "a_ref/mxfp4/MXFP4": {"name": "mxfp4", "acts": True},
-    "a_ref/mxfp8/MXFP8": {"name": "mxfp8", "acts": True},
-    "a_ref/nvfp4/NVFP4": {"name": "nvfp4", "acts": True},
-}
+DTYPES = [torch.float32, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
-def fx():
-    with safe_open(str(FIXTURE), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def test_fixture_covers_every_format(fx):
-    assert set(WEIGHT) | set(ACT) | {"kv_ref/tensor", "kv_ref/head"} <= set(fx)
-
-
-@pytest.mark.parametrize("key", sorted(WEIGHT))
-def test_weights_equal_recorded_reference(fx, key):
-    out = WEIGHT[key](fx["w_in"], fx["w_in_fused_amax"][0])
-    assert torch.equal(out, fx[key]), (out - fx[key]).abs().max()
-    assert not torch.equal(out, fx["w_in"])  # it quantized something
-
-
-@pytest.mark.parametrize("key", sorted(ACT))
-def test_activations_equal_recorded_reference(fx, key):
-    comp = build(ACT[key])
-    assert torch.equal(comp.quantize_input(fx["a_in"]), fx[key])
-
-
-@pytest.mark.parametrize("scale", ["tensor", "head"])
-def test_fp8_kv_equals_recorded_reference(fx, scale):
-    spec = KVSpec(4, 128, "channel", False, False, 0, 0, "fp8", scale)
-    assert torch.equal(spec.quant_keys(fx["kv_in"]), fx[f"kv_ref/{scale}"])
-    assert torch.equal(spec.quant_values(fx["kv_in"]), fx[f"kv_ref/{scale}"])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_equal_compressed_tensors_directly(dtype):
-    """The library itself, when installed (lcc's extra `reference`), on tensors with outliers, zero rows, odd scales."""
+def R():
+    """compressed-tensors' quantize functions (scripts/ct_reference.py; lcc's extras `checkpoints` / `reference`)."""
     pytest.importorskip("compressed_tensors")
     sys.path.insert(0, str(ROOT / "scripts"))
-    import ct_reference as R
+    import ct_reference
+    return ct_reference
 
+
+def llm_weight(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    """A Linear weight shaped like an LLM's: heavy-tailed values (Student t, 4 degrees of freedom), input columns of
+    log-normal scale, a few salient columns 10x larger, isolated outliers, an all-zero row (zero blocks) and a row
+    starting with near-zero values (NVFP4 blocks whose E4M3 scale underflows to 0)."""
+    t = torch.randn(rows, cols, generator=g) / torch.sqrt(torch.rand(rows, cols, generator=g).clamp_min(1e-3))
+    w = 0.02 * t * torch.exp(0.5 * torch.randn(cols, generator=g))
+    w[:, torch.randperm(cols, generator=g)[:4]] *= 10
+    w[torch.randint(rows, (3,), generator=g), torch.randint(cols, (3,), generator=g)] = torch.tensor([3.0, -11.0, 0.7])
+    w[7] = 0.0
+    w[9, :64] *= 1e-6
+    return w
+
+
+def llm_activation(tokens: int, features: int, g: torch.Generator) -> torch.Tensor:
+    """Linear inputs [tokens, features] shaped like an LLM's: channels of log-normal scale, two massive channels
+    (hundreds), a first (sink) token of large norm, an all-zero token, a token with near-zero blocks."""
+    x = torch.randn(tokens, features, generator=g) * torch.exp(torch.randn(features, generator=g))
+    x[:, torch.randperm(features, generator=g)[:2]] *= 300
+    x[0] *= 50
+    x[3] = 0.0
+    x[5, :64] *= 1e-7
+    return x
+
+
+def llm_keys(g: torch.Generator) -> torch.Tensor:
+    """KV states [batch 2, kv heads 3, seq 40, head_dim 64]: a few outlier channels per head (keys' massive channels
+    around RoPE's low frequencies), heads of different scales."""
+    k = torch.randn(2, 3, 40, 64, generator=g) * torch.tensor([0.5, 2.0, 8.0]).view(1, 3, 1, 1)
+    k[..., torch.randperm(64, generator=g)[:3]] *= 20
+    return k
+
+
+WEIGHT_FORMATS = {  # compressed-tensors preset (or 'tensor': FP8 per tensor) -> lcc on one weight, the fused amax
+    "tensor": lambda w, amax: F.fp8_tensor(w),
+    "FP8_DYNAMIC": lambda w, amax: F.fp8_rows(w),
+    "FP8_BLOCK": lambda w, amax: F.fp8_blocks(w, 128),
+    "MXFP4A16": lambda w, amax: F.mx(w, "e2m1"),
+    "MXFP8A16": lambda w, amax: F.mx(w, "e4m3"),
+    "NVFP4A16": lambda w, amax: F.nvfp4(w, global_amax=amax),
+}
+ACT_FORMATS = {  # compressed-tensors preset -> the lcc compressor whose input hook runs
+    "FP8_DYNAMIC": {"name": "fp8"},
+    "FP8_BLOCK": {"name": "fp8", "weights": "block", "acts": "group"},
+    "MXFP4": {"name": "mxfp4", "acts": True},
+    "MXFP8": {"name": "mxfp8", "acts": True},
+    "NVFP4": {"name": "nvfp4", "acts": True},
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", sorted(WEIGHT_FORMATS))
+def test_weights_equal_compressed_tensors(R, preset, dtype):
+    """q/k/v-shaped weights (SmolLM2's widths: 576 in, 576 / 192 / 192 out; 128x128 blocks with edge tiles);
+    NVFP4 with the global scale of the fused q/k/v (k holds the largest value), as llm-compressor."""
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(200, 320, generator=g) * 0.02
-    w[5, 17], w[150, 3], w[7] = 3.0, -11.0, 0.0  # outliers and an all-zero row (zero blocks)
-    w = w.to(dtype)
-    x = (torch.randn(24, 256, generator=g) * torch.logspace(-3, 2, 256)).to(dtype)  # wide dynamic range
-    x[3] = 0
-    cases = [("FP8_DYNAMIC", F.fp8_rows), ("FP8_BLOCK", lambda t: F.fp8_blocks(t, 128)),
-             ("MXFP4A16", lambda t: F.mx(t, "e2m1")), ("MXFP8A16", lambda t: F.mx(t, "e4m3")), ("NVFP4A16", F.nvfp4)]
-    for preset, fn in cases:
-        assert torch.equal(fn(w), R.weight(w, R.scheme(preset)[0])), preset
-    for preset, cfg in [("FP8_DYNAMIC", {"name": "fp8"}), ("FP8_BLOCK", {"name": "fp8", "acts": "group"}),
-                        ("MXFP4", {"name": "mxfp4", "acts": True}), ("MXFP8", {"name": "mxfp8", "acts": True}),
-                        ("NVFP4", {"name": "nvfp4", "acts": True})]:
-        assert torch.equal(build(cfg).quantize_input(x), R.activation(x, R.scheme(preset)[1])), preset
-    k = (torch.randn(2, 3, 40, 16, generator=g) * 5).to(dtype)
-    for scale in ("tensor", "head"):
-        assert torch.equal(KVSpec(4, 128, "channel", False, False, 0, 0, "fp8", scale).quant_keys(k),
-                           R.kv(k, scale == "head"))
+    qkv = [llm_weight(576, 576, g), llm_weight(192, 576, g) * 3, llm_weight(192, 576, g)]
+    qkv = [w.to(dtype) for w in qkv]
+    fused = torch.stack([w.abs().amax() for w in qkv]).amax() if preset.startswith("NVFP4") else None
+    if preset == "tensor":
+        from compressed_tensors.quantization import QuantizationArgs
+        args = QuantizationArgs(num_bits=8, type="float", strategy="tensor", symmetric=True)
+    else:
+        args = R.scheme(preset)[0]
+    for w in qkv:
+        ours, ref = WEIGHT_FORMATS[preset](w, fused), R.weight(w, args, fused_absmax=fused)
+        assert torch.equal(ours, ref), (ours.float() - ref.float()).abs().max()
+        assert not torch.equal(ours, w)  # it quantized something
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", sorted(ACT_FORMATS))
+def test_activations_equal_compressed_tensors(R, preset, dtype):
+    x = llm_activation(24, 512, torch.Generator().manual_seed(2)).to(dtype)
+    ours, ref = build(ACT_FORMATS[preset]).quantize_input(x), R.activation(x, R.scheme(preset)[1])
+    assert torch.equal(ours, ref), (ours.float() - ref.float()).abs().max()
+    assert not torch.equal(ours, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", ["tensor", "head"])
+def test_fp8_kv_equals_compressed_tensors(R, scale, dtype):
+    k = llm_keys(torch.Generator().manual_seed(3)).to(dtype)
+    spec, ref = KVSpec(4, 128, "channel", False, False, 0, 0, "fp8", scale), R.kv(k, scale == "head")
+    assert torch.equal(spec.quant_keys(k), ref) and torch.equal(spec.quant_values(k), ref)
+    assert not torch.equal(ref, k)
+
+
+@pytest.mark.slow
+def test_equal_compressed_tensors_on_smollm2(R, capsys):
+    """scripts/compare_formats.py in fp32: every SmolLM2 Linear through the compressors' compress(), the activations
+    and KV states of three layers; it exits 1 where a value differs."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_formats
+    assert compare_formats.main(["--no-bf16"]) == 0, capsys.readouterr().out
 
 
 # ---- grid properties ---------------------------------------------------------------------------

@@ -1,12 +1,27 @@
 """Runtime attention functions registered with transformers' attention interface: ``kv`` (quantized KV cache) and
 the KV-eviction presses each wrap the model's own attention implementation (eager, sdpa, ...) under a name of
-their own (``<prefix><base>``), and set ``config._attn_implementation`` to it."""
+their own (``<prefix><base>``), and set ``config._attn_implementation`` to it. Also the KV cache's keyword
+argument, whose name changed across transformers versions."""
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
 from lcc import ConfigError
+
+#: the names a forward takes its KV cache under, across transformers versions
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def cache_kwarg(base) -> str:
+    """The keyword under which ``base`` (a base model: ``model.base_model``) takes a KV cache (``cache`` in 5.x)."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def cache_of(kwargs: dict):
+    """The KV cache passed in a forward's ``kwargs`` (under any of ``CACHE_KWARGS``), or None."""
+    return next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
 
 
 def base_function(base: str, module) -> Callable:

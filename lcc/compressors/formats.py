@@ -5,7 +5,7 @@ of ``compressed-tensors`` (vLLM's quantization library, the one llm-compressor w
 by function: ``calculate_qparams`` (scales), ``generate_gparam`` (NVFP4's global scale), ``generate_mx_scales``
 (E8M0 exponents) and ``fake_quantize`` (``x / scale``, clamp to the element range, round to the element format,
 times ``scale``); ``scripts/compare_formats.py`` checks them on SmolLM2's weights and activations and
-``tests/test_formats.py`` keeps the result (recorded outputs in ``tests/fixtures/formats_reference.safetensors``).
+``tests/test_formats.py`` against the library itself, on random tensors with an LLM's outlier structure.
 The arithmetic runs in the tensor's own dtype with torch's type promotion, as compressed-tensors' does (in bf16 the
 FP8 scale ``amax / 448`` and ``x / scale`` are rounded to bf16, the checkpoints llm-compressor writes from bf16
 weights; NVFP4's global and block scales are fp32), so the values equal the reference's in fp32 and in bf16.

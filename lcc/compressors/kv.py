@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from lcc import ConfigError
 from lcc.compressors import formats
-from lcc.compressors.attention_fns import base_function, register_attention
+from lcc.compressors.attention_fns import base_function, cache_of, register_attention
 from lcc.compressors.base import Compressor, choice, decoder_layers, groups, ints, param
 from lcc.compressors.quantize import fake_quant
 
@@ -193,8 +193,7 @@ def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
 
 def _cache_start(module, kwargs) -> int:
     """How many positions of this attention layer the KV cache passed to this call already holds (0: none)."""
-    cache = next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if kwargs.get(k) is not None),
-                 None)
+    cache = cache_of(kwargs)
     if cache is None:
         return 0
     try:
@@ -233,8 +232,7 @@ def _k_proj_hook(attn):
 def _attn_cache_flag_hook(module, args, kwargs):
     """Record whether this call writes a KV cache (then the pre-RoPE keys are kept for the next call)."""
     module._lcc_kv_start = _cache_start(module, kwargs)
-    module._lcc_kv_use_cache = any(kwargs.get(k) is not None for k in ("cache", "past_key_values",
-                                                                        "past_key_value"))
+    module._lcc_kv_use_cache = cache_of(kwargs) is not None
 
 
 class KVQuant(Compressor):

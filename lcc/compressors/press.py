@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from lcc import ConfigError
-from lcc.compressors.attention_fns import base_function, register_attention
+from lcc.compressors.attention_fns import base_function, cache_kwarg, cache_of, register_attention
 from lcc.compressors.base import Compressor, Valid, ints, param
 
 PREFIX = "lcc_press_"
@@ -91,15 +91,9 @@ def make_attention(base: str):
 
 
 # ---- hooks -------------------------------------------------------------------------------------------------
-def _cache_of(kwargs: dict):
-    return next((kwargs[k] for k in ("cache", "past_key_values", "past_key_value") if kwargs.get(k) is not None),
-                None)
-
-
 def _positions_hook(base):
     """Base-model pre-hook: a forward with a press's cache gets its true positions (the cache's seen count)."""
-    import inspect
-    kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    kw = cache_kwarg(base)
 
     def hook(mod, args, kwargs):
         if getattr(mod, "_lcc_press", None) is None:
@@ -107,7 +101,7 @@ def _positions_hook(base):
         ids = kwargs.get("input_ids", args[0] if args else None)
         emb = kwargs.get("inputs_embeds")
         n = (ids if ids is not None else emb).shape[1]
-        cache = _cache_of(kwargs)
+        cache = cache_of(kwargs)
         if cache is None:
             if not kwargs.get("use_cache"):
                 return None
@@ -126,14 +120,9 @@ def _positions_hook(base):
     return hook
 
 
-def _cache_kw(base) -> str:
-    import inspect
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _valid_hook(module, args, kwargs):
     """Attention pre-hook: the per-head validity of this layer's cache entries (adakv) for the attention."""
-    cache = _cache_of(kwargs)
+    cache = cache_of(kwargs)
     module._lcc_cur_valid = (getattr(cache, "_lcc_valid", {}) or {}).get(module.layer_idx) if cache else None
 
 
@@ -142,7 +131,7 @@ def _evict_hook(module, args, kwargs, output):
     press: Press | None = getattr(module, "_lcc_press", None)
     if press is None or not press._armed:
         return None
-    cache = _cache_of(kwargs)
+    cache = cache_of(kwargs)
     if cache is None:
         return None
     hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -406,7 +395,7 @@ class Press(Compressor):
         on the compressed cache without evicting (kvpress's ``with press(model): model.generate(...)``). Used by
         the lm-eval bridge, whose prompts have no separate question (so it is the query-aware protocol)."""
         def arm(mod, args, kwargs):
-            cache = _cache_of(kwargs)
+            cache = cache_of(kwargs)
             self._armed = cache is None or cache.get_seq_length() == 0
         hook = model.base_model.register_forward_pre_hook(arm, with_kwargs=True, prepend=True)
         old = self._armed
@@ -427,7 +416,7 @@ class Press(Compressor):
         base = model.base_model
         ids = ids.view(1, -1).to(input_device(model))
         cache = DynamicCache(config=model.config)
-        kw = _cache_kw(base)
+        kw = cache_kwarg(base)
         out = []
         with self.armed():
             for a in range(0, ids.shape[1], self.chunk):
@@ -441,7 +430,7 @@ class Press(Compressor):
         whole prompt is read, then compressed). Returns the last forward's output (its cache holds the rest)."""
         from transformers import DynamicCache
         cache = DynamicCache(config=base.config)
-        kw = _cache_kw(base)
+        kw = cache_kwarg(base)
         cut = prompt.shape[1] if self.query_aware or question_pos <= 0 else question_pos
         with self.armed():
             out = base(input_ids=prompt[:, :cut], use_cache=True, **{kw: cache})

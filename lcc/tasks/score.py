@@ -11,7 +11,6 @@ reproduces the whole reference answer is correct and is not extended.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lcc.compressors.attention_fns import cache_kwarg
 from lcc.evaluate import input_device, sync
 from lcc.tasks.synthetic import Sample, matches  # noqa: F401  (matches: word-boundary string match)
 
@@ -29,12 +29,6 @@ class Scored:
     hidden: torch.Tensor      # [n_answer, H] final hidden states at the answer positions (CPU)
     generated: list[int]      # greedy output token ids
     seconds: float
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """The name under which this transformers version takes a KV cache (``cache`` in 5.x)."""
-    params = inspect.signature(model.base_model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def crop(cache, length: int) -> None:
@@ -60,7 +54,8 @@ def eos_ids(model: nn.Module, tok) -> set[int]:
 @torch.inference_mode()
 def score_sample(model: nn.Module, head: Callable, s: Sample, max_new: int, eos: set[int],
                  decode: Callable[[list[int]], str]) -> Scored:
-    base, kw, dev = model.base_model, cache_kwarg(model), input_device(model)
+    base, dev = model.base_model, input_device(model)
+    kw = cache_kwarg(base)
     sync(dev)
     t0 = time.perf_counter()
     prompt = s.prompt.view(1, -1).to(dev)
