@@ -168,8 +168,12 @@ def config_node(cls: type, name: str | None = None, module: str | None = None, f
     ``param(config=...)``, else its default; ``ABSENT`` fields are left out; a field whose type is itself a
     dataclass becomes a nested schema), values typed ``Any``. ``first``: ``(name, type, field)`` entries that
     come before the fields (a compressor's or a task's ``name``); ``skip``: fields left out. The class is made importable by name from
-    ``module`` (submitit pickles composed configs)."""
+    ``module`` (submitit pickles composed configs), once: a second call returns the same class."""
     module = module or cls.__module__
+    name = name or f"{cls.__name__}Config"
+    made = getattr(sys.modules[module], name, None)
+    if getattr(made, "__schema__", None) is cls:
+        return made
     hints = typing.get_type_hints(cls)
     fields: list[tuple] = list(first or [])
     for f in dataclasses.fields(cls):
@@ -190,9 +194,10 @@ def config_node(cls: type, name: str | None = None, module: str | None = None, f
         else:
             default = {"default": "???" if f.default is dataclasses.MISSING else f.default}
         fields.append((f.name, Any, field(**default)))
-    node = dataclasses.make_dataclass(name or f"{cls.__name__}Config", fields)
+    node = dataclasses.make_dataclass(name, fields)
     node.__module__ = module
     node.__doc__ = cls.__doc__
+    node.__schema__ = cls
     setattr(sys.modules[module], node.__name__, node)
     return node
 

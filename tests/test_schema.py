@@ -19,11 +19,19 @@ SCHEMAS = [*config.MODEL_KINDS.values(), *config.DATA_KINDS.values(), config.Ctx
            *config.LOGGER_KINDS.values(), config.Cache, config.LccConfig]
 
 
+def _instance(made: type, plain: dict):
+    """An instance of the stored schema class ``made`` holding ``plain`` (nested schemas as instances too)."""
+    types = {f.name: f.type for f in dataclasses.fields(made)}
+    return made(**{k: _instance(types[k], v) if dataclasses.is_dataclass(types[k]) else v for k, v in plain.items()})
+
+
 @pytest.mark.parametrize("cls", SCHEMAS, ids=lambda c: c.__name__)
 def test_every_schema_round_trips_and_its_defaults_are_valid(cls):
-    node = OmegaConf.structured(checks.config_node(cls))
+    made = checks.config_node(cls)
+    assert checks.config_node(cls) is made  # made once: a pickled config finds its class by name
+    node = OmegaConf.structured(made)
     plain = OmegaConf.to_container(node)
-    assert OmegaConf.to_container(OmegaConf.structured(type(node._metadata.object_type)(**plain))) == plain
+    assert OmegaConf.to_container(OmegaConf.structured(_instance(made, plain))) == plain
     assert OmegaConf.to_container(OmegaConf.merge(node, OmegaConf.create(plain))) == plain
     declared = {f.name for f in dataclasses.fields(cls) if f.metadata.get("config") is not checks.ABSENT}
     assert list(plain) == [f.name for f in dataclasses.fields(cls) if f.name in declared]
@@ -110,8 +118,8 @@ CASES = [  # (overrides, the message's start, a piece of the valid values)
     (["data=wikitext2", "+data.foo=1"], "data.foo is not a key of data kind hf", "data_files"),
     (["data=wikitext2", "data.split=5"], "data.split=5 is invalid", "a non-empty string"),
     (["data=wikitext2", "+data.data_files=5"], "data.data_files=5 is invalid", "a list of non-empty strings or null"),
-    (["data=hf"], "data.path is missing (???)", "data.path=..."),
-    (["data=text", "data.paths=[/x]", "+data.foo=1"], "data.foo is not a key of data kind text", "decode_errors"),
+    (["data=hf", "data.split=test", "data.text_field=text"], "data.path is missing (???)", "data.path=..."),
+    (["data=text", f"data.paths=[{Path(__file__).parent.parent / 'README.md'}]", "+data.foo=1"], "data.foo is not a key of data kind text", "decode_errors"),
     (["data=text", "data.paths=5"], "data.paths=5 is invalid", "a non-empty list of files or globs"),
     (["data.kind=csv"], "data.kind='csv' is invalid", "one of pydoc, hf, text"),
     # ctx, calib
