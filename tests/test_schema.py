@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lcc import checks, compressors, config, tasks
+from lcc import checks, config, tasks
 from lcc.validate import problems
 from tests.helpers import make_cfg
 
@@ -161,11 +161,14 @@ def test_a_choice_of_booleans_is_not_matched_by_numbers():
     assert checks.choice(1, 2).ok(1) and not checks.choice(1, 2).ok(True)
 
 
-def test_compressors_tasks_and_groups_share_the_vocabulary():
-    """One rule per concept: the messages of the three come from lcc.checks."""
-    from lcc.compressors import base
-
-    assert base.param is checks.param and base.ints is checks.ints and base.choice is checks.choice
-    assert compressors.build.__module__ == "lcc.compressors.base"
-    hints = {f.metadata["valid"] for cls in SCHEMAS for f in dataclasses.fields(cls) if f.metadata.get("valid")}
-    assert checks.BOOL in hints
+def test_compressors_tasks_and_groups_word_a_rule_the_same_way():
+    """One vocabulary: the same rule gets the same text whether a compressor, a task or a group declares it."""
+    bools = [["compressor.sym=no"], ["task=lm_eval", "task.apply_chat_template=no"], ["resume=no"],
+             ["cache.dense=no"], ["model=hf", "model.name_or_path=org/m", "model.trust_remote_code=no"]]
+    texts = {problems(make_cfg(o, output_dir="/tmp/unused"))[0].split("; valid: ", 1)[1] for o in bools}
+    assert texts == {checks.BOOL.text}
+    ranges = [(["compressor.bits=9"], "an integer in 2..8"), (["task=vt", "task.n_hops=0"], "an integer in 1..50"),
+              (["seed=-1"], "an integer in 0..2^63-1")]
+    for overrides, text in ranges:
+        (found,) = problems(make_cfg(overrides, output_dir="/tmp/unused"))
+        assert found.endswith(f"is invalid; valid: {text}"), found
