@@ -25,7 +25,7 @@ from lcc.data import calibration_batch
 from lcc.evaluate import logits_fn
 from lcc.io import file_records
 from lcc.models import load_model, resolve_device, resolve_dtype
-from lcc.validate import context_problem
+from lcc.config import context_problem
 
 log = logging.getLogger("lcc.job")
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
+from lcc.checks import text_file_problem, text_files
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ def read_text_files(cfg: Any) -> list[str]:
     """The texts of ``data.paths`` (files or globs, sorted). Every pattern must match, every match must be a
     file, and a file must be UTF-8 text without NUL bytes unless ``decode_errors: replace`` (then undecodable
     bytes become U+FFFD). Raises ConfigError naming the pattern or the file."""
-    from lcc.validate import text_file_problem, text_files
-
     paths = cfg.paths if isinstance(cfg.paths, str) else list(cfg.paths)
     errors = cfg.get("decode_errors", "strict")
     files, problems = text_files(paths, "data.paths")

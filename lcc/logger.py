@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lcc import tasks
+from lcc.config import WandbLogger, defaults
 from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
                        WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label,
                        wandb_summary)
@@ -168,10 +169,8 @@ def log_result(cfg, result: dict, out: Path) -> None:
 
 
 def wandb_defaults() -> dict:
-    """lcc/conf/logger/wandb.yaml: the defaults of a reduce run whose jobs did not log to W&B."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "conf" / "logger" / "wandb.yaml"))
+    """logger=wandb's defaults (lcc.config.WandbLogger): those of a reduce run whose jobs did not log to W&B."""
+    return defaults(WandbLogger)
 
 
 def sweep_logger(sweep_dir: Path, ok: pd.DataFrame, overrides: dict) -> dict | None:

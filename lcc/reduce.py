@@ -60,7 +60,7 @@ def read_manifest(path: Path) -> list[dict]:
 
 def flat_config(cfg: dict, prefix: str = "") -> dict:
     """``{"calib.n_samples": 128, ...}`` of a resolved job config, without the volatile keys."""
-    from lcc.validate import VOLATILE_KEYS
+    from lcc.config import VOLATILE_KEYS
 
     out = {}
     for k, v in cfg.items():

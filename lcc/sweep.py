@@ -11,7 +11,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's ConfigStore)
-import lcc.tasks  # noqa: F401  (stores task=<name> of a task without a YAML file)
+import lcc.tasks  # noqa: F401  (stores task=<name>)
+from lcc.config import override_exclude_keys  # (and stores every other group's schema)
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
@@ -43,9 +44,7 @@ def folder_collisions(jobs: list[dict]) -> list[str]:
 
 if not OmegaConf.has_resolver("lcc_subdir"):
     OmegaConf.register_new_resolver("lcc_subdir", lambda d, n: job_subdir(str(d), int(n)))
-if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: lcc.validate.VOLATILE_KEYS
-    from lcc.validate import override_exclude_keys
-
+if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: lcc.config.VOLATILE_KEYS
     OmegaConf.register_new_resolver("lcc_override_exclude_keys", override_exclude_keys)
 
 

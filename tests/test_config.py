@@ -1,5 +1,4 @@
 """Every config group option composes; bad overrides fail early with one clear message."""
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -11,10 +10,12 @@ GROUPS = ["model", "data", "ctx", "compressor", "calib", "logger"]
 
 
 def options(group):
-    if group == "compressor":  # structured configs made from the compressor classes (no YAML)
-        from lcc.compressors import REGISTRY
-        return sorted(REGISTRY)
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    """Every option of a group as Hydra sees it: YAML files and the schemas stored from lcc's classes."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -22,6 +23,8 @@ def test_every_option_composes_and_validates(group, option, tmp_path):
     extra = ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
     if (group, option) == ("compressor", "checkpoint"):
         extra.append("compressor.path=some/model")  # a hub id (no default checkpoint)
+    if (group, option) == ("data", "hf"):
+        extra += ["data.path=org/data", "data.split=test", "data.text_field=text"]
     if group == "data" and option == "text":
         (tmp_path / "x.txt").write_text("some text\n")
         extra.append(f"data.paths=[{tmp_path / 'x.txt'}]")

@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-from lcc import ConfigError
+from lcc import ConfigError, checks
 from lcc.compressors.base import REGISTRY, Compressor, QuantGrid, Storage, Targets, build, get, qualify  # noqa: F401
 
 for _mod in pkgutil.iter_modules(__path__):
@@ -32,14 +32,6 @@ def validate(cfg: Any) -> None:
         raise ConfigError(qualify(str(e), keys)) from None
 
 
-def _node_default(f: dataclasses.Field) -> dict:
-    if f.metadata.get("config", dataclasses.MISSING) is not dataclasses.MISSING:
-        return {"default": f.metadata["config"]}
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return {"default_factory": f.default_factory}
-    return {"default": f.default}
-
-
 @dataclasses.dataclass
 class TargetsConfig:
     """The Hydra schema of ``compressor.targets`` (values are checked by ``Targets``)."""
@@ -50,21 +42,12 @@ class TargetsConfig:
 
 
 def config_node(cls: type[Compressor]) -> type:
-    """The Hydra schema of ``compressor=<cls.name>``: ``name`` and one key per field, with the field's default.
-    Values are typed ``Any`` here: the compressor's own validation (run on every job before launch) checks
-    them and names the valid choices, stricter than OmegaConf's conversions (which take 1 for true)."""
-    fields: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
-    for f in dataclasses.fields(cls):
-        if f.name == "targets":
-            if cls.uses_targets:
-                fields.append(("targets", TargetsConfig, dataclasses.field(default_factory=TargetsConfig)))
-        else:
-            fields.append((f.name, Any, dataclasses.field(**_node_default(f))))
-    node = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
-    node.__module__ = __name__  # importable by name: submitit pickles composed configs
-    node.__doc__ = cls.__doc__
-    globals()[node.__name__] = node
-    return node
+    """The Hydra schema of ``compressor=<cls.name>``: ``name``, ``targets`` where the compressor takes it, and
+    one key per parameter with its config default (``lcc.checks.config_node``)."""
+    first: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
+    if cls.uses_targets:
+        first.append(("targets", TargetsConfig, dataclasses.field(default_factory=TargetsConfig)))
+    return checks.config_node(cls, module=__name__, first=first, skip=("targets",))
 
 
 def _store_configs() -> None:

@@ -27,17 +27,16 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from lcc import ConfigError
+from lcc.checks import UNSET, Valid, choice, field_problems, fraction, groups, ints, is_int, param  # noqa: F401
 from lcc.registry import Registry
 
 #: every compressor by name (a subclass that sets ``name`` registers itself; a second class under a taken
@@ -53,82 +52,6 @@ def qualify(message: str, keys: Any, prefix: str = "compressor.") -> str:
     if m and (m.group(1) in keys or m.group(1) in ("name", "targets", "stages")):
         return prefix + message
     return message
-
-
-# ---- parameters ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Valid:
-    """A rule on one parameter's value: ``ok(value)`` and how to describe the valid values."""
-
-    text: str
-    ok: Callable[[Any], bool] = lambda v: True
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def ints(lo: int, hi: int, extra: str = "") -> Valid:
-    """An integer in ``lo..hi``."""
-    return Valid(f"an integer in {lo}..{hi}{extra}", lambda v: _is_int(v) and lo <= v <= hi)
-
-
-def fraction(lo_closed: bool = True, hi_closed: bool = False) -> Valid:
-    """A number in [0, 1) (or the interval with the given closed ends)."""
-    rng = f"{'[' if lo_closed else '('}0, 1{']' if hi_closed else ')'}"
-    return Valid(f"a number in {rng}", lambda v: _is_num(v) and (0 <= v if lo_closed else 0 < v)
-                 and (v <= 1 if hi_closed else v < 1))
-
-
-def groups(whole: str = "one group per row", hi: int = 1 << 20) -> Valid:
-    """A group size: a positive integer, or -1 for ``whole``."""
-    return Valid(f"a positive integer up to {hi}, or -1 for {whole}",
-                 lambda v: _is_int(v) and (v == -1 or 1 <= v <= hi))
-
-
-def choice(*options: Any) -> Valid:
-    return Valid(f"one of {list(options)}", lambda v: v in options)
-
-
-_TYPE_RULES: dict[Any, Valid] = {
-    bool: Valid("true or false (a YAML boolean)", lambda v: isinstance(v, bool)),
-    int: Valid("an integer", _is_int),
-    float: Valid("a number", _is_num),
-    str: Valid("a string", lambda v: isinstance(v, str)),
-}
-
-
-class _Unset:
-    """The default of a parameter whose value, when left out, depends on other parameters (``check`` sets it)."""
-
-    def __repr__(self) -> str:
-        return "unset"
-
-
-UNSET: Any = _Unset()
-
-
-def param(default: Any = dataclasses.MISSING, doc: str = "", valid: Valid | None = None, *,
-          default_factory: Any = dataclasses.MISSING, config: Any = dataclasses.MISSING) -> Any:
-    """A compressor parameter: a dataclass field with its documentation and its valid values. ``config``: the
-    value the Hydra config ``compressor=<name>`` starts from, when it differs from the Python default (a
-    default ``UNSET`` in Python, "left out", that a config must spell out)."""
-    return field(default=default, default_factory=default_factory,
-                 metadata={"doc": doc, "valid": valid, "config": config})
-
-
-def _type_rule(annotation: Any) -> tuple[Valid | None, bool]:
-    """(rule of the annotated type or None, whether None is allowed) for ``X`` and ``Optional[X]``."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        rule = _TYPE_RULES.get(inner[0]) if len(inner) == 1 else None
-        return rule, type(None) in args
-    return _TYPE_RULES.get(annotation), False
 
 
 # ---- targets ------------------------------------------------------------------------------------
@@ -177,7 +100,7 @@ class Targets:
                               f"list of module names or globs (e.g. [self_attn.q_proj, 'mlp.*']), attn, mlp")
         lay = t.get("layers")
         if lay is not None and not (isinstance(lay, (list, tuple)) and len(lay) == 2 and all(
-                _is_int(x) for x in lay)):
+                is_int(x) for x in lay)):
             raise ConfigError(f"targets.layers={lay!r} is invalid; valid: null (all blocks) or [start, stop) "
                               f"block indices (integers, negative counts from the end)")
         if "lm_head" in t and not isinstance(t["lm_head"], bool):
@@ -359,15 +282,8 @@ class Compressor:
 
     def __post_init__(self) -> None:
         self.targets = Targets.of(self.targets)
-        hints = typing.get_type_hints(type(self))
-        for f in self.param_fields():
-            v = getattr(self, f.name)
-            rule, nullable = _type_rule(hints.get(f.name))
-            if (v is None and nullable) or v is UNSET:
-                continue
-            valid = f.metadata.get("valid")
-            if (rule and not rule.ok(v)) or (valid and not valid.ok(v)):
-                raise ConfigError(f"{f.name}={v!r} is invalid; valid: {(valid or rule).text}")
+        if problems := field_problems(type(self), self):  # the annotation's type, then the field's rule
+            raise ConfigError(problems[0])
         self.check()
 
     # ---- configuration -------------------------------------------------------------------------

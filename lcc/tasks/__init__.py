@@ -11,6 +11,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from lcc import checks
 from lcc.tasks.base import REGISTRY, Task, get  # noqa: F401
 
 for _m in pkgutil.iter_modules([str(Path(__file__).parent)]):
@@ -59,28 +60,17 @@ def validate(cfg: Any) -> None:
 
 
 def config_node(cls: type[Task]) -> type:
-    """The Hydra schema of ``task=<cls.name>`` for a task without a YAML file in ``lcc/conf/task/``: ``name``
-    and one key per field, with the field's default (values typed ``Any``: the task's ``check`` names the
-    valid ones)."""
-    fields: list[tuple] = [("name", str, dataclasses.field(default=cls.name))]
-    for f in dataclasses.fields(cls):
-        default = ({"default_factory": f.default_factory} if f.default_factory is not dataclasses.MISSING
-                   else {"default": f.default})
-        fields.append((f.name, Any, dataclasses.field(**default)))
-    node = dataclasses.make_dataclass(f"{cls.__name__}TaskConfig", fields)
-    node.__module__ = __name__  # importable by name: submitit pickles composed configs
-    globals()[node.__name__] = node
-    return node
+    """The Hydra schema of ``task=<cls.name>``: ``name`` and one key per field of the task's dataclass, with the
+    field's default (``lcc.checks.config_node``: values typed ``Any``, the task's ``check`` names the valid ones)."""
+    first = [("name", str, dataclasses.field(default=cls.name))]
+    return checks.config_node(cls, name=f"{cls.__name__}TaskConfig", module=__name__, first=first)
 
 
 def _store_configs() -> None:
-    """``task=<name>`` for every registered task: its YAML in lcc/conf/task/ where there is one (with its
-    comments), else the schema made from its fields, so that a new task is one module."""
-    yaml_dir = Path(__file__).resolve().parent.parent / "conf" / "task"
+    """``task=<name>`` for every registered task, from its class: a new task is one module."""
     cs = ConfigStore.instance()
     for name, cls in sorted(REGISTRY.items()):
-        if not (yaml_dir / f"{name}.yaml").exists():
-            cs.store(group="task", name=name, node=config_node(cls), provider="lcc")
+        cs.store(group="task", name=name, node=config_node(cls), provider="lcc")
 
 
 _store_configs()

@@ -1,7 +1,9 @@
 """The task contract and its name registry (task metrics are entries of ``lcc.metrics.registry``).
 
-A task is a small dataclass: its fields are its parameters (with their defaults), ``check()`` range-checks
-them (a ``ConfigError`` naming the value and the valid choices). A job (``lcc.job.run``) builds one context
+A task is a small dataclass: its fields are its parameters, declared once with ``lcc.checks.param`` (default, one
+line of documentation, valid values); the dataclass is also the Hydra schema of ``task=<name>`` (stored by
+``lcc.tasks``, no YAML). ``check()`` checks every field against its declaration, then a subclass's rules between
+fields (a ``ConfigError`` naming the value and the valid choices). A job (``lcc.job.run``) builds one context
 (``lcc.context.JobContext``: compressor, caches, loaded model, calibration batch) and calls the task's hooks:
 
 * ``prepare(job)``: the task's inputs (token windows, prompts), made before the calibration batch;
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 from lcc import ConfigError
+from lcc.checks import field_problems
 from lcc.metrics import registry
 from lcc.registry import Registry
 
@@ -59,7 +62,10 @@ class Task:
         return task
 
     def check(self) -> None:
-        """Range checks; raise ConfigError naming the value and the valid choices."""
+        """Every field against its declaration (its type, then its ``valid`` rule); a subclass adds its rules
+        between fields after ``super().check()``. Raises ConfigError naming the value and the valid choices."""
+        if problems := field_problems(type(self), self, "task."):
+            raise ConfigError(problems[0])
 
     #: True for the default task only: its config node ``{name: <name>}`` is left out of the config hash
     implicit: ClassVar[bool] = False
@@ -91,24 +97,3 @@ class Task:
         """The job's last log line."""
         line = registry.log_line(result["summary"], cls.kind)
         return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
-
-
-# ---- parameter checks (messages name the value and what is valid) ------------------------------
-def check_int(obj: Any, key: str, lo: int, hi: int | None = None) -> None:
-    v = getattr(obj, key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"task.{key}={v!r} is invalid; valid: an integer {rng}")
-
-
-def check_bool(obj: Any, key: str) -> None:
-    v = getattr(obj, key)
-    if not isinstance(v, bool):
-        raise ConfigError(f"task.{key}={v!r} is invalid; valid: true or false")
-
-
-def check_choice(obj: Any, key: str, choices: list) -> None:
-    """``choices`` may mix strings and booleans; 1/0 are not booleans."""
-    v = getattr(obj, key)
-    if not any(v is c if isinstance(c, bool) else (not isinstance(v, bool) and v == c) for c in choices):
-        raise ConfigError(f"task.{key}={v!r} is invalid; valid choices: {choices}")

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +29,8 @@ from omegaconf import DictConfig
 from lcc import ConfigError
 from lcc.io import write_parquet
 from lcc.tasks import bridge
-from lcc.tasks.base import Task, check_bool, check_int
+from lcc.checks import fraction, ints, optional, param
+from lcc.tasks.base import Task
 from lcc.tasks.prelaunch import check_lm_eval
 from lcc.tasks.report import report as task_report
 
@@ -55,18 +56,21 @@ class LmEval(Task):
     name: ClassVar[str] = "lm_eval"
     kind: ClassVar[str] = "lm_eval"
     reporter: ClassVar = staticmethod(task_report)
-    tasks: list = field(default_factory=list)   # lm-eval task or group names, e.g. [mmlu] or [triviaqa]
-    include_path: Any = None      # a folder of extra task YAMLs (local tasks), or null
-    num_fewshot: Any = None       # null: each task's default
-    limit: Any = None             # documents per task (null: all)
-    batch_size: int = 1
-    max_length: Any = None        # null: ctx.tokens (inputs longer than this are truncated from the left)
-    apply_chat_template: bool = False
-    bootstrap_iters: int = 1000   # lm-eval's bootstrap for the standard errors of non-mean metrics
-    match_within: float = 0.05    # LLM-KICK's "matching": within 5 % of the dense score
-    metadata: Any = None          # lm-eval task metadata (RULER: tokenizer and max_seq_lengths=[ctx] by default)
+    tasks: list = param(default_factory=lambda: ["mmlu"], doc="lm-eval task or group names, e.g. [mmlu] or [triviaqa]")
+    include_path: Any = param(None, "a folder of extra task YAMLs (local tasks), or null")
+    num_fewshot: Any = param(None, "null: each task's default", optional(ints(0)))
+    limit: Any = param(None, "documents per task (null: all)", optional(ints(1)))
+    batch_size: int = param(1, "lm-eval's batch size", ints(1, 4096))
+    max_length: Any = param(None, "null: ctx.tokens (inputs longer than this are truncated from the left)",
+                            optional(ints(1)))
+    apply_chat_template: bool = param(False, "lm-eval's apply_chat_template")
+    bootstrap_iters: int = param(1000, "lm-eval's bootstrap for the standard errors of non-mean metrics", ints(0))
+    match_within: float = param(0.05, "LLM-KICK's \"matching\": compressed within 5 % of the dense score", fraction())
+    metadata: Any = param(None, "lm-eval task metadata (RULER gets the model's tokenizer and max_seq_lengths=[ctx] "
+                                "by default)")
 
     def check(self) -> None:
+        super().check()
         t = self.tasks
         if isinstance(t, str):
             self.tasks = t = [t]
@@ -78,15 +82,6 @@ class LmEval(Task):
             if not isinstance(self.include_path, str) or not Path(self.include_path).is_dir():
                 raise ConfigError(f"task.include_path={self.include_path!r} is not a folder; valid: a folder of "
                                   f"lm-eval task YAMLs, or null")
-        for k in ("num_fewshot", "limit", "max_length"):
-            if getattr(self, k) is not None:
-                check_int(self, k, 0 if k == "num_fewshot" else 1)
-        check_int(self, "batch_size", 1, 4096)
-        check_int(self, "bootstrap_iters", 0)
-        check_bool(self, "apply_chat_template")
-        m = self.match_within
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
-            raise ConfigError(f"task.match_within={m!r} is invalid; valid: a number in [0, 1)")
         if self.metadata is not None and not isinstance(self.metadata, dict):
             raise ConfigError(f"task.metadata={self.metadata!r} is invalid; valid: null or a mapping of lm-eval "
                               f"task metadata, e.g. {{max_seq_lengths: [4096]}}")

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from lcc import ConfigError
-from lcc.tasks.base import check_choice, check_int
+from lcc.checks import choice, ints, param
 from lcc.tasks.synthetic import Spec, SyntheticTask, distinct_number, n_numbers, random_key
 from lcc.tasks.words import value_words
 
@@ -25,22 +25,16 @@ VALUES = value_words(FRAME_WORDS)
 @dataclass
 class NIAH(SyntheticTask):
     name: ClassVar[str] = "niah"
-    n_keys: int = 1             # needles with distinct keys
-    n_queries: int = 1          # how many of them are asked (the rest are distractors)
-    n_values: int = 1           # values per key
-    value_type: str = "number"  # number | word
-    digits: int = 7
-    haystack: str = "data"      # data: text of the `data` source (default pydoc); noise: filler sentences
-    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
+    n_keys: int = param(1, "needles with distinct keys", ints(1, 100))
+    n_queries: int = param(1, "how many of them are asked (the first ones; the others are distractors)", ints(1, 100))
+    n_values: int = param(1, "values per key (multi-value)", ints(1, 100))
+    value_type: str = param("number", "number | word", choice("number", "word"))
+    digits: int = param(7, "digits of a number value", ints(1, 30))
+    haystack: str = param("data", "data: text of the `data` source (pydoc by default); noise: filler sentences",
+                          choice("data", "noise"))
 
     def check(self) -> None:
         super().check()
-        check_int(self, "n_keys", 1, 100)
-        check_int(self, "n_queries", 1, 100)
-        check_int(self, "n_values", 1, 100)
-        check_int(self, "digits", 1, 30)
-        check_choice(self, "value_type", ["number", "word"])
-        check_choice(self, "haystack", ["data", "noise"])
         if self.n_queries > self.n_keys:
             raise ConfigError(f"task.n_queries={self.n_queries} exceeds task.n_keys={self.n_keys}; "
                               f"valid: 1..n_keys")

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lcc.tasks.base import check_choice, check_int
+from lcc.checks import choice, ints, param
 from lcc.tasks.synthetic import Spec, SyntheticTask, random_number
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -16,14 +16,9 @@ INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant tex
 @dataclass
 class Passkey(SyntheticTask):
     name: ClassVar[str] = "passkey"
-    digits: int = 5
-    haystack: str = "noise"      # noise: the repeated filler sentences; data: text of the `data` source
-    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
-
-    def check(self) -> None:
-        super().check()
-        check_int(self, "digits", 1, 30)
-        check_choice(self, "haystack", ["noise", "data"])
+    digits: int = param(5, "length of the pass key", ints(1, 30))
+    haystack: str = param("noise", "noise: \"The grass is green. ...\" repeated; data: text of the `data` source",
+                          choice("noise", "data"))
 
     def spec(self, rng: np.random.Generator, depth: float) -> Spec:
         key = random_number(rng, self.digits)

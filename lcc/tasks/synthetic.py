@@ -15,14 +15,15 @@ import dataclasses
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from lcc import ConfigError
-from lcc.tasks.base import Task, check_choice, check_int
+from lcc.checks import Valid, choice, ints, is_int, param
+from lcc.tasks.base import Task
 from lcc.tasks.report import report as task_report
 
 log = logging.getLogger(__name__)
@@ -198,10 +199,15 @@ class SyntheticTask(Task):
 
     kind: ClassVar[str] = "synthetic"
     reporter: ClassVar = staticmethod(task_report)
-    depths: list = field(default_factory=lambda: list(DEFAULT_DEPTHS))
-    n_samples: int = 20
-    chat_template: Any = "auto"
-    max_new_tokens: Any = "auto"
+    depths: list = param(default_factory=lambda: list(DEFAULT_DEPTHS),
+                         doc="where the (first asked) needle sits in the haystack: fractions of it, in [0, 1]")
+    n_samples: int = param(20, "prompts per depth", ints(1))
+    chat_template: Any = param("auto", "auto (the tokenizer's template if it has one) | true | false",
+                               choice("auto", True, False))
+    max_new_tokens: Any = param("auto", f"greedy decoding budget: auto = the longest answer + {AUTO_MARGIN} tokens, "
+                                        f"or a number >= the answer's tokens",
+                                Valid(f"an integer in 1..4096 or auto (the longest answer + {AUTO_MARGIN})",
+                                      lambda v: v == "auto" or (is_int(v) and 1 <= v <= 4096)))
 
     def check(self) -> None:
         d = self.depths
@@ -211,13 +217,7 @@ class SyntheticTask(Task):
         if len(set(d)) != len(d):
             raise ConfigError(f"task.depths={list(d)!r} repeats a depth; valid: distinct numbers in [0, 1]")
         self.depths = [float(x) for x in d]
-        check_int(self, "n_samples", 1)
-        if self.max_new_tokens != "auto":
-            try:
-                check_int(self, "max_new_tokens", 1, 4096)
-            except ConfigError as e:
-                raise ConfigError(f"{e} or auto (the longest answer + {AUTO_MARGIN})") from None
-        check_choice(self, "chat_template", ["auto", True, False])
+        super().check()
 
     def check_job(self, cfg: Any) -> None:
         """ctx against the task's prompts, before launch: with the model's tokenizer where it loads offline

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from lcc import ConfigError
-from lcc.tasks.base import check_choice, check_int
+from lcc.checks import choice, ints, param
 from lcc.tasks.synthetic import MAX_TRIES, Spec, SyntheticTask, distinct_number, n_numbers
 
 
@@ -32,18 +32,13 @@ NOT_NAMES = ("TRACK", "CHAIN", "VALUE", "ABOVE", "GRASS", "GREEN", "THERE", "AGA
 @dataclass
 class VT(SyntheticTask):
     name: ClassVar[str] = "vt"
-    n_chains: int = 1
-    n_hops: int = 4
-    digits: int = 5
-    haystack: str = "noise"
-    max_new_tokens: int | str = "auto"   # auto: the longest answer + AUTO_MARGIN tokens
+    n_chains: int = param(1, "chains; the first is asked, the others are distractors", ints(1, 20))
+    n_hops: int = param(4, "assignments after the first: n_hops + 1 variables hold the value", ints(1, 50))
+    digits: int = param(5, "digits of the value", ints(1, 30))
+    haystack: str = param("noise", "noise: filler sentences; data: text of the `data` source", choice("noise", "data"))
 
     def check(self) -> None:
         super().check()
-        check_int(self, "n_chains", 1, 20)
-        check_int(self, "n_hops", 1, 50)
-        check_int(self, "digits", 1, 30)
-        check_choice(self, "haystack", ["noise", "data"])
         if self.n_chains > n_numbers(self.digits):
             raise ConfigError(f"task.n_chains={self.n_chains} chains need distinct values, more than the "
                               f"{n_numbers(self.digits)} numbers of task.digits={self.digits} digits; valid: "
