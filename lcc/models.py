@@ -12,6 +12,8 @@ import torch
 from filelock import FileLock
 
 from lcc import ConfigError
+from lcc.archs import tiny_model
+from lcc.io import umask
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,6 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "DONE").write_text(stamp)
-            from lcc.io import umask
             for f in tmp.rglob("*"):  # safetensors writes 0600: a shared $LCC_CACHE must be readable by others
                 if f.is_file():
                     os.chmod(f, 0o666 & ~umask())
@@ -110,6 +111,29 @@ def tiny_llama(vocab_size: int = 256, hidden_size: int = 64, n_layers: int = 2, 
     return model
 
 
+def smollm2_tokenizer():
+    """The embedded SmolLM2's tokenizer, without loading the model: from the dequantized copy when it is there,
+    else read from the GGUF file."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    cached = cache_root() / "models" / f"{gguf.stem}-{stamp}"  # _load_gguf_cached's copy
+    if (cached / "DONE").exists():
+        return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def save_tiny(arch: str, folder: str | Path, tokenizer=None, seed: int = 0) -> Path:
+    """Write a tiny random ``arch`` checkpoint (``lcc.archs``) with the SmolLM2 tokenizer: a ``model=hf`` folder."""
+    tok = tokenizer or smollm2_tokenizer()
+    model = tiny_model(arch, vocab_size=len(tok), seed=seed)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 class ByteTokenizer:
     """Minimal tokenizer for the tiny model: UTF-8 bytes, vocabulary 256."""
 
@@ -137,8 +161,6 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
                            attn_implementation=cfg.attn_implementation)
         tok = ByteTokenizer()
     elif kind == "tiny_arch":  # a tiny random model of another architecture (lcc/archs.py), byte tokenizer
-        from lcc.archs import tiny_model
-
         model = tiny_model(cfg.arch, vocab_size=256, seed=cfg.seed, attn_implementation=cfg.get("attn_implementation"),
                            max_position_embeddings=cfg.max_position_embeddings).to(dtype)
         tok = ByteTokenizer()

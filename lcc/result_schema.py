@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lcc.metrics import registry
+from lcc.names import BIN_KEYS
+
 MAX_CTX = 2 ** 31
 MAX_DEPTH = 64
 #: the bodies reduce reads: key -> the metric kind that requires it
@@ -51,9 +54,6 @@ def _numbers(where: str, row: Any, keys: list[str], required: tuple[str, ...] = 
 
 def problem(res: Any) -> str | None:
     """Why ``res`` (a parsed result.json) is not a result lcc writes; None if it is."""
-    from lcc.metrics import registry
-    from lcc.names import BIN_KEYS
-
     if not isinstance(res, dict):
         return f"not a JSON object but {type(res).__name__}"
     if not isinstance(res.get("status", ""), str):

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's ConfigStore)
 import lcc.tasks  # noqa: F401  (stores task=<name> of a task without a YAML file)
+from lcc.job import run
+from lcc.validate import override_exclude_keys
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
@@ -44,15 +46,11 @@ def folder_collisions(jobs: list[dict]) -> list[str]:
 if not OmegaConf.has_resolver("lcc_subdir"):
     OmegaConf.register_new_resolver("lcc_subdir", lambda d, n: job_subdir(str(d), int(n)))
 if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: lcc.validate.VOLATILE_KEYS
-    from lcc.validate import override_exclude_keys
-
     OmegaConf.register_new_resolver("lcc_override_exclude_keys", override_exclude_keys)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
 def main(cfg: DictConfig) -> float | None:
-    from lcc.job import run
-
     res = run(cfg)
     return res.get("summary", {}).get("kl_mean")
 

@@ -5,7 +5,9 @@
 
 An import is *module-level* when it runs on import of its module (top level, class bodies, ``try``/``if``
 blocks at top level) and *function-level* when it sits in a function. ``if TYPE_CHECKING:`` imports never run
-and are left out. ``from lcc.a import b`` is an edge to ``lcc.a.b`` when that is a module, else to ``lcc.a``.
+and are left out. ``from lcc.a import b`` is an edge to ``lcc.a.b`` when that is a module, else to ``lcc.a``. A
+package whose ``__init__`` discovers its modules (``importlib.import_module`` at import time: ``lcc.compressors``,
+``lcc.tasks``) imports each of them (line 0).
 
 Layers (``LAYERS``): a module may import its own layer and the layers below it, never a higher one.
 ``tests/test_imports.py`` fails on an import cycle among lcc's modules (module-level imports) and on an import
@@ -108,12 +110,23 @@ def imports(root: Path = ROOT) -> list[Import]:
                 walk(child, function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
         walk(tree, False)
+        if is_package and _discovers(tree):  # importlib.import_module of every module of the package
+            out += [Import(name, m, 0, False) for m in sorted(mods)
+                    if m.rpartition(".")[0] == name and not m.endswith(".__main__")]
     return out
+
+
+def _discovers(tree: ast.Module) -> bool:
+    """Whether a package's ``__init__`` imports its modules by name at import time (``lcc.compressors``,
+    ``lcc.tasks``: ``importlib.import_module`` in a top-level loop)."""
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "import_module"
+               for stmt in tree.body if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+               for n in ast.walk(stmt))
 
 
 def graph(edges: list[Import], function_level: bool = False) -> dict[str, set[str]]:
     """module -> the lcc modules it imports (module-level imports; all of them with ``function_level``)."""
-    g: dict[str, set[str]] = {m: set() for m in modules()}
+    g: dict[str, set[str]] = {}
     for e in edges:
         if function_level or not e.function:
             g.setdefault(e.src, set()).add(e.dst)
@@ -164,24 +177,24 @@ def _covers(entry: str, module: str) -> bool:
     return module == entry or (entry != PACKAGE and module.startswith(entry + "."))
 
 
-def layer_of(module: str) -> int:
-    """The index in ``LAYERS`` of a module (the layer of its longest entry); KeyError if none names it."""
-    best = max(((len(e), i) for i, (_, entries) in enumerate(LAYERS) for e in entries if _covers(e, module)),
+def layer_of(module: str, layers: list = LAYERS) -> int:
+    """The index in ``layers`` of a module (the layer of its longest entry); KeyError if none names it."""
+    best = max(((len(e), i) for i, (_, entries) in enumerate(layers) for e in entries if _covers(e, module)),
                default=None)
     if best is None:
         raise KeyError(f"{module} is in no layer of scripts/import_graph.py's LAYERS")
     return best[1]
 
 
-def unplaced(mods=None) -> list[str]:
+def unplaced(mods=None, layers: list = LAYERS) -> list[str]:
     """Modules that no layer names."""
     return sorted(m for m in (mods if mods is not None else modules())
-                  if not any(_covers(e, m) for _, entries in LAYERS for e in entries))
+                  if not any(_covers(e, m) for _, entries in layers for e in entries))
 
 
-def violations(edges: list[Import]) -> list[Import]:
+def violations(edges: list[Import], layers: list = LAYERS) -> list[Import]:
     """Imports that go up the layers (any import, module- or function-level)."""
-    return [e for e in edges if layer_of(e.dst) > layer_of(e.src)]
+    return [e for e in edges if layer_of(e.dst, layers) > layer_of(e.src, layers)]
 
 
 def own_function_level(edges: list[Import]) -> list[Import]:
@@ -192,10 +205,12 @@ def own_function_level(edges: list[Import]) -> list[Import]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edges", action="store_true", help="list every import of an lcc module, per module")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to read (default: this one)")
     args = ap.parse_args(argv)
-    edges = imports()
+    edges = imports(args.root)
+    mods = modules(args.root)
     if args.edges:
-        for m in modules():
+        for m in mods:
             mine = [e for e in edges if e.src == m]
             if mine:
                 print(m)
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"function-level imports of lcc modules: {len(fl)}")
     for e in fl:
         print(f"    {e.src}:{e.line} -> {e.dst}")
-    if (lost := unplaced()):
+    if (lost := unplaced(mods)):
         print(f"modules in no layer: {' '.join(lost)}")
         return 1
     up = violations(edges)

@@ -7,7 +7,7 @@ import torch
 
 from lcc.metrics import (bin_means, chunked_token_metrics, mean_se, octave_bins, slope_vs_log2, summarize,
                          token_metrics)
-from lcc.metrics.summary import bin_log2_centers
+from lcc.metrics.bins import bin_log2_centers
 
 
 def brute_force(lp_logits, lq_logits, targets):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Targets, param
+from lcc.compressors.base import Compressor, Targets, bits_fingerprint, param
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,6 @@ class Checkpoint(Compressor):
     @torch.no_grad()
     def compress(self, model, calib=None) -> dict[str, Any]:
         from transformers import AutoModelForCausalLM
-
-        from lcc.compressors.base import bits_fingerprint
 
         desc = self._desc()
         params = dict(model.named_parameters())

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import torch
 
+from lcc.compressors.quant_wa import HOOK_ATTR
+
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 E2M1_MAX = 6.0
 E4M3_EPS_SCALE = 0.125  # compressed-tensors' replacement for an NVFP4 block scale of 0 (_get_dtype_eps)
@@ -187,8 +189,6 @@ def grid_values(element: str) -> torch.Tensor:
 def install_input_hooks(model, lins: dict, fn) -> int:
     """Fake-quantize the input of every Linear in ``lins`` with ``fn`` at run time (a forward pre-hook on each; the
     handles join ``quant_wa``'s, so ``QuantWA.remove(model)`` takes them off). Returns the number of hooks."""
-    from lcc.compressors.quant_wa import HOOK_ATTR
-
     def hook(mod, args):
         return (fn(args[0]),) + tuple(args[1:])
     handles = getattr(model, HOOK_ATTR, [])

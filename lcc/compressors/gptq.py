@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from lcc.compressors.base import QuantGrid, Storage, fraction, groups, ints, param
+from lcc.compressors.base import Storage, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, HessianStats
 from lcc.compressors.obs import ColumnRule, inverse_hessian_upper, obs_walk, prepare_hessian
-from lcc.compressors.quantize import effective_bits, qparams
+from lcc.compressors.quantize import QuantGrid, effective_bits, qparams
 
 
 def _q(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Valid, fraction, param, plain
+from lcc.compressors.base import Valid, build, fraction, param, plain
 from lcc.compressors.press import Ctx, Press, ScorerPress, presses
 
 
@@ -33,7 +33,6 @@ class AdaKV(Press):
             raise ConfigError(f"press_params={pp!r} is invalid; valid: a mapping of the inner press's own "
                               f"parameters (not ratio, budget or name)")
         self.press_params = pp
-        from lcc.compressors.base import build
         try:
             self.inner = build({"name": self.press, **pp, "ratio": self.ratio, "budget": self.budget,
                                 "targets": self.targets})

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lcc.metrics.summary import LATE_FROM, bin_log2_centers, bin_means, mean_se, octave_bins, slope_vs_log2
+from lcc.metrics.bins import LATE_FROM, bin_log2_centers, bin_means, mean_se, octave_bins, slope_vs_log2
 
 
 # ---- the measured quantities ----------------------------------------------------------------------

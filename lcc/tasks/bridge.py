@@ -31,6 +31,8 @@ from lcc import ConfigError
 from lcc.cache import DenseEntry, source_fingerprint
 from lcc.cache import dense_inputs as cache_inputs
 from lcc.cache.keys import library_versions
+from lcc.compressors.press import presses
+from lcc.models import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,6 @@ def ruler_tasks(tm, names: list[str]) -> list[str]:
 # ---- KV-eviction presses ---------------------------------------------------------------------------
 def press_names(compressor: Any) -> list[str]:
     """The KV-eviction presses a compressor config runs (itself, or ``compose`` stages)."""
-    from lcc.compressors.press import presses
     known = presses()
     stages = compressor.get("stages") if compressor.get("name") == "compose" else [compressor]
     return [s.get("name") for s in (stages or []) if hasattr(s, "get") and s.get("name") in known]
@@ -170,8 +171,6 @@ def tokenizer_folder(tok) -> str:
     """The job's tokenizer saved once under ``$LCC_CACHE/tokenizers/<sha of its files>`` (RULER loads its
     tokenizer by name or path; this is the model's own, whatever the model config says)."""
     from filelock import FileLock
-
-    from lcc.models import cache_root
 
     root = cache_root() / "tokenizers"
     root.mkdir(parents=True, exist_ok=True)

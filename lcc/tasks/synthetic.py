@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,8 +21,13 @@ import numpy as np
 import torch
 
 from lcc import ConfigError
+from lcc.data import token_stream
 from lcc.tasks.base import Task, check_choice, check_int
+from lcc.tasks.prelaunch import tokenizer_of
 from lcc.tasks.report import report as task_report
+from lcc.tasks.runner import run_synthetic
+from lcc.tasks.score import matches
+from lcc.tasks.words import ADJECTIVES, WORDS
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,6 @@ class PromptBuilder:
     def text(self, n: int, rng: np.random.Generator) -> list[int]:
         """``n`` consecutive tokens of the ``data`` source from a seeded offset (the source repeats if short)."""
         if self._stream is None:
-            from lcc.data import token_stream
             self._stream = token_stream(self.data_cfg, self.tok)
             log.info("haystack: %d tokens of data=%s", len(self._stream), self.data_cfg.name)
         s = self._stream
@@ -227,7 +230,6 @@ class SyntheticTask(Task):
         ctx = cfg.ctx.tokens
         if isinstance(ctx, int) and ctx < MIN_CTX:
             raise ConfigError(f"ctx.tokens={ctx} is too short for task={self.name}; valid: ctx >= {MIN_CTX}")
-        from lcc.tasks.prelaunch import tokenizer_of
         tok = tokenizer_of(cfg.model)
         if tok is not None and isinstance(ctx, int):
             self.check_prompts(tok, ctx, int(cfg.seed), model=str(cfg.model.get("name")))
@@ -246,7 +248,6 @@ class SyntheticTask(Task):
         return torch.cat([s.prompt for s in job.inputs[:8]])
 
     def run(self, job: Any) -> dict[str, Any]:
-        from lcc.tasks.runner import run_synthetic  # runner imports this module (Sample)
         return run_synthetic(job, self)
 
     def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
@@ -331,13 +332,6 @@ class SyntheticTask(Task):
                       question_pos=getattr(b, "question_pos", -1))
 
 
-def matches(text: str, expected: list[str]) -> bool:
-    """RULER's string match, on word boundaries: every expected string occurs in the output (case-insensitive)
-    as a whole token, not inside a longer word or number ("arrow" is not found in "narrow", "71432" not in
-    "714325"). The end of the output is a boundary."""
-    return all(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", text, re.IGNORECASE) for e in expected)
-
-
 def n_numbers(digits: int) -> int:
     """How many distinct numbers of ``digits`` digits there are (no leading zero)."""
     return 9 * 10 ** (digits - 1)
@@ -372,8 +366,6 @@ def distinct_number(rng: np.random.Generator, digits: int, used: set[str]) -> st
 
 def random_key(rng: np.random.Generator, exclude: set[str] = frozenset()) -> str:
     """Two words joined by a hyphen (RULER's keys are word pairs), ~10^4 distinct keys."""
-    from lcc.tasks.words import ADJECTIVES, WORDS
-
     def draw() -> str:
         return f"{ADJECTIVES[int(rng.integers(0, len(ADJECTIVES)))]}-{WORDS[int(rng.integers(0, len(WORDS)))]}"
     return distinct(rng, draw, set(exclude), lambda: (f"{a}-{w}" for a in ADJECTIVES for w in WORDS), "key")
