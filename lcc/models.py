@@ -1,4 +1,6 @@
-"""Model loading: the embedded SmolLM2 GGUF, a seeded tiny Llama, or any Hugging Face causal LM."""
+"""Fingerprinted: editing this file invalidates every cached dense reference and compressed weights.
+
+Model loading: the embedded SmolLM2 GGUF, a seeded tiny Llama, or any Hugging Face causal LM."""
 from __future__ import annotations
 
 import importlib.util

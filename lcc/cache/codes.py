@@ -1,4 +1,6 @@
-"""Quantized weights as integer codes: how the compressed-weights cache stores a Linear whose weights lie on the
+"""Fingerprinted: editing this file invalidates the cached compressed weights.
+
+Quantized weights as integer codes: how the compressed-weights cache stores a Linear whose weights lie on the
 :class:`~lcc.compressors.QuantGrid` its compressor recorded (docs/caching.md, "Storage").
 
 A weight ``w`` on a grid is ``((code - zero) * scale).to(dtype)`` in fp32 for an integer ``code`` in

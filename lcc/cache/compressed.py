@@ -1,4 +1,6 @@
-"""Compressed weights: what a compressor changed, stored once per (model, compressor config, calibration,
+"""Fingerprinted: editing this file invalidates the cached compressed weights.
+
+Compressed weights: what a compressor changed, stored once per (model, compressor config, calibration,
 seed, dtype, device, versions, code) and applied to the freshly loaded dense weights on a hit.
 
 One codec per storage kind a compressor declares (``Compressor.storage()``):

@@ -1,4 +1,6 @@
-"""The one compressor contract, the name registry, and target selection.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+The one compressor contract, the name registry, and target selection.
 
 A compressor is a small class that changes a model *in place*. The evaluator runs the dense model first,
 then calls ``compress`` on the same model and runs it again, so only one copy of the weights is ever

@@ -1,4 +1,6 @@
-"""``compressor=checkpoint``: a compressed checkpoint someone will serve (a local folder, a hub id or a GGUF file)
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``compressor=checkpoint``: a compressed checkpoint someone will serve (a local folder, a hub id or a GGUF file)
 as the compressed side. The job evaluates the dense model first (its reference cached as for any compressor),
 then ``compress`` loads the checkpoint *in the dense model's place*: the dense model's parameter storage is
 released first, the checkpoint is loaded by transformers (``from_pretrained``; a GGUF file is dequantized by

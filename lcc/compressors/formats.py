@@ -1,4 +1,6 @@
-"""Floating-point quantization formats: FP8 E4M3, FP4 E2M1, the MX (OCP microscaling) and NVFP4 block formats.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Floating-point quantization formats: FP8 E4M3, FP4 E2M1, the MX (OCP microscaling) and NVFP4 block formats.
 
 Fake quantization (quantize, then dequantize back into the tensor's dtype). The grids are those
 of ``compressed-tensors`` (vLLM's quantization library, the one llm-compressor writes checkpoints with), function

@@ -1,4 +1,6 @@
-"""GPTQ (Frantar et al. 2022, IST-DASLab/gptq): weight quantization with OBS error compensation.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+GPTQ (Frantar et al. 2022, IST-DASLab/gptq): weight quantization with OBS error compensation.
 
 Follows the reference ``GPTQ.fasterquant``: fp32 Hessian H = 2/n·ΣxxT over the calibration tokens, dead
 inputs zeroed, damping λ = percdamp·mean(diag H), upper Cholesky factor of H⁻¹, columns quantized one at a

@@ -1,4 +1,6 @@
-"""Mixed-precision RTN: the study's remedy. A fraction ``keep`` of the weight groups stays at
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Mixed-precision RTN: the study's remedy. A fraction ``keep`` of the weight groups stays at
 ``high_bits``, the rest goes to ``bits``.
 
 A *group* is the quantization group of the project's grid: ``group_size`` consecutive input weights of one

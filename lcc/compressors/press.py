@@ -1,4 +1,6 @@
-"""KV-cache eviction ("presses", after NVIDIA's kvpress): the contract, and the machinery every press shares.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+KV-cache eviction ("presses", after NVIDIA's kvpress): the contract, and the machinery every press shares.
 
 A press is a compressor that acts at run time: ``compress(model)`` installs it, and from then on, whenever the
 model reads text *with a KV cache* inside ``press.armed()``, the press removes entries from each targeted

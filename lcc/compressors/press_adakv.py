@@ -1,4 +1,6 @@
-"""``adakv``: head-adaptive budgets around a score-based press (Feng et al. 2024, arXiv:2407.11550; kvpress
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``adakv``: head-adaptive budgets around a score-based press (Feng et al. 2024, arXiv:2407.11550; kvpress
 ``AdaKVPress``). The layer keeps ``n_keep x kv_heads`` entries in all, chosen by the inner press's scores
 across all its heads at once; every head first secures its ``alpha_safeguard x n_keep`` best entries. Heads end
 with different counts: the cache is gathered to the largest and the unused slots are masked (press.py)."""

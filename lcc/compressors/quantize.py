@@ -1,4 +1,6 @@
-"""Group-wise min/max fake quantization (quantize then dequantize), shared by every quantizer.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Group-wise min/max fake quantization (quantize then dequantize), shared by every quantizer.
 
 Groups run along the last dimension (the input dimension of a Linear weight, the feature dimension
 of an activation). When the width is not a multiple of ``group_size`` the last group is simply

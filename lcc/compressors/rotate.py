@@ -1,4 +1,6 @@
-"""Hadamard rotation (QuaRot, Ashkboos et al. 2024): rotate the residual stream and a few activations so that
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Hadamard rotation (QuaRot, Ashkboos et al. 2024): rotate the residual stream and a few activations so that
 outliers spread over all channels, without changing the model's function; then W4A4 (``quant_wa``) and 4-bit KV
 (``kv``) quantize the rotated tensors: ``compressor=compose`` with ``stages: [{name: rotate}, {name: quant_wa, ...}]``.
 

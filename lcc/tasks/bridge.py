@@ -1,4 +1,6 @@
-"""What ``task=lm_eval`` adds for long-context benchmarks: RULER's task metadata (the model's own tokenizer and
+"""Fingerprinted: editing this file invalidates the cached dense lm-eval results.
+
+What ``task=lm_eval`` adds for long-context benchmarks: RULER's task metadata (the model's own tokenizer and
 ``max_seq_lengths=[ctx]``), its checks before launch, its per-length score as an accuracy, and the shared
 dense cache of lm-eval results (the dense scores of a (model, task settings, ctx, seed) are computed once per
 sweep and reused by every compressor, through the one dense-reference path of every task, lcc.cache.dense).

@@ -1,4 +1,6 @@
-"""Scoring one model on synthetic prompts: greedy decoding with a KV cache, teacher-forced answer.
+"""Fingerprinted: editing this file invalidates the cached dense scores of passkey, niah and vt.
+
+Scoring one model on synthetic prompts: greedy decoding with a KV cache, teacher-forced answer.
 
 Per prompt, one prefill of the prompt fills the model's KV cache. The reference answer's tokens are then fed
 in one teacher-forced step on that cache: their final hidden states give the answer NLL, and (against the
