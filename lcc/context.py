@@ -166,7 +166,7 @@ class JobContext:
         files = list(body.pop("files", []))
         self.timings["total_s"] = time.perf_counter() - self.t0
         common = {"model": self.cfg.model.name, "data": self.cfg.data.name, "ctx": self.ctx,
-                  "task": self.task.name, "task_params": self.task.params(), "metrics": self.task.kind,
+                  "task": self.task.name, "task_params": self.task.params(), "metrics": self.task.family,
                   "compressor": self.comp.name,
                   "level": self.comp.level(), "compress_info": c.info, "weights": c.weights}
         return {**common, **body, "timings": {k: v for k, v in self.timings.items() if v is not None},

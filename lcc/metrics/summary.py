@@ -19,13 +19,13 @@ def summarize(arrays: Mapping[str, np.ndarray]) -> tuple[dict, list[dict]]:
     data = _with_derived(arrays)
     per_token = [s.name for s in registry.SERIES if s.per == "token" and s.name in data]
     ctx = registry.Context(data[per_token[0]].shape[1]) if per_token else None
-    summary = _aggregate([m for m in registry.METRICS if m.kind != "lm_eval"], data, ctx)
+    summary = _aggregate([m for m in registry.METRICS if m.family != "lm_eval"], data, ctx)
     curve: list[dict] = []
     if ctx is not None:
         x = ctx.x
         cols: dict[str, np.ndarray] = {}
         for m in registry.METRICS:
-            if m.curve and m.kind == "kl" and m.series in data:
+            if m.curve and m.family == "kl" and m.series in data:
                 mean, se = mean_se(ctx.bin_means(data[m.series]))
                 cols[m.name] = mean
                 if m.se and m.curve_se:
@@ -61,10 +61,10 @@ def _aggregate(metrics, data: Mapping[str, np.ndarray], ctx) -> dict:
     return summary
 
 
-def prompt_summary(rows: pd.DataFrame, kind: str = "synthetic", by: str = "depth") -> tuple[dict, list[dict]]:
+def prompt_summary(rows: pd.DataFrame, family: str = "synthetic", by: str = "depth") -> tuple[dict, list[dict]]:
     """A task job's summary over all its prompts and one dict per ``by`` value (needle depth), from its
-    per-prompt rows (the columns of samples.parquet): every metric of the registry of this ``kind``."""
-    ms = registry.metrics(kind)
+    per-prompt rows (the columns of samples.parquet): every metric of the registry of this ``family``."""
+    ms = registry.metrics(family)
 
     def agg(frame) -> dict:
         return _aggregate(ms, _with_derived({c: frame[c].to_numpy() for c in frame.columns

@@ -113,10 +113,10 @@ def check_press(task: Any, cfg: Any, tm) -> None:
     bad = {}
     for t in leaves(tm, task.tasks):
         e = tm.task_index[t]
-        kind = (load_yaml(e.yaml_path, resolve_func=False).get("output_type") if e.yaml_path else None) \
+        output_type = (load_yaml(e.yaml_path, resolve_func=False).get("output_type") if e.yaml_path else None) \
             or (e.cfg or {}).get("output_type") or "generate_until"
-        if kind != "generate_until":
-            bad[t] = kind
+        if output_type != "generate_until":
+            bad[t] = output_type
     if bad:
         raise ConfigError(f"compressor={'+'.join(found)} with task=lm_eval: {bad} are not generation tasks; a KV "
                           f"press acts on the cache of generation only (valid: generate_until tasks, e.g. RULER's "

@@ -25,7 +25,7 @@ RESULT_FILES = ["tokens.safetensors", "curve.parquet"]
 @dataclass
 class KL(Task):
     name: ClassVar[str] = "kl"
-    kind: ClassVar[str] = "kl"
+    family: ClassVar[str] = "kl"
     #: the default task: a config whose task node is just ``{name: kl}`` hashes as one from before the task
     #: group existed (lcc.job.config_hash), so its finished results stay valid
     implicit: ClassVar[bool] = True
@@ -53,7 +53,7 @@ class KL(Task):
 
     @classmethod
     def done_line(cls, result: dict) -> str:
-        line = registry.log_line(result["summary"], cls.kind)
+        line = registry.log_line(result["summary"], cls.family)
         return f"{result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
 
 

@@ -55,7 +55,7 @@ def task_manager(include_path: str | None, metadata: str | None = None):
 @dataclass
 class LmEval(Task):
     name: ClassVar[str] = "lm_eval"
-    kind: ClassVar[str] = "lm_eval"
+    family: ClassVar[str] = "lm_eval"
     reporter: ClassVar = staticmethod(task_report)
     tasks: list = field(default_factory=list)   # lm-eval task or group names, e.g. [mmlu] or [triviaqa]
     include_path: Any = None      # a folder of extra task YAMLs (local tasks), or null

@@ -18,13 +18,13 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=16)
-def _tokenizer(kind: str, name: str | None, trust: bool) -> Any:
-    if kind == "tiny":
+def _tokenizer(model_kind: str, name: str | None, trust: bool) -> Any:
+    if model_kind == "tiny":
         return ByteTokenizer()
-    if kind == "gguf":
+    if model_kind == "gguf":
         return smollm2_tokenizer()
     from transformers import AutoTokenizer
-    if kind == "hf" and name:
+    if model_kind == "hf" and name:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust, local_files_only=True)
     return None
 

@@ -128,8 +128,8 @@ class PromptBuilder:
         off = int(rng.integers(0, len(s) - n))
         return s[off:off + n].tolist()
 
-    def haystack(self, kind: str, n: int, rng: np.random.Generator) -> list[int]:
-        return self.noise(n) if kind == "noise" else self.text(n, rng)
+    def haystack(self, source: str, n: int, rng: np.random.Generator) -> list[int]:
+        return self.noise(n) if source == "noise" else self.text(n, rng)
 
     def _is_end(self, tid: int) -> bool:
         if tid not in self._ends:
@@ -199,7 +199,7 @@ class PromptBuilder:
 class SyntheticTask(Task):
     """Common parameters of the synthetic tasks; a subclass implements ``spec`` (the texts of one prompt)."""
 
-    kind: ClassVar[str] = "synthetic"
+    family: ClassVar[str] = "synthetic"
     reporter: ClassVar = staticmethod(task_report)
     depths: list = field(default_factory=lambda: list(DEFAULT_DEPTHS))
     n_samples: int = 20
