@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config and validation", ("lcc", "lcc.registry", "lcc.io", "lcc.checks", "lcc.config")),
     ("data and models", ("lcc.data", "lcc.models", "lcc.archs", "lcc.checkpoints", "lcc.cache.store",
                          "lcc.cache.keys")),
-    ("compressors and metrics", ("lcc.compressors", "lcc.metrics", "lcc.forward", "lcc.evaluate", "lcc.coverage",
+    ("compressors and metrics", ("lcc.compressors", "lcc.metrics", "lcc.forward", "lcc.coverage",
                                  "lcc.names", "lcc.cache")),
     ("tasks", ("lcc.context", "lcc.tasks")),
     ("job", ("lcc.job", "lcc.validate", "lcc.logger")),
