@@ -60,12 +60,17 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def _dequantized_copy(gguf: Path) -> tuple[Path, str]:
+    """Where the dequantized copy of ``gguf`` is kept (complete when it holds ``DONE``), and the file's stamp."""
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    return cache_root() / "models" / f"{gguf.stem}-{stamp}", stamp
+
+
 def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
     """Dequantize the GGUF once (about 20-30 s) and keep a safetensors copy, so later loads take seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
-    cached = cache_root() / "models" / f"{gguf.stem}-{stamp}"
+    cached, stamp = _dequantized_copy(gguf)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cached) + ".lock"):
         if not (cached / "DONE").exists():
@@ -119,8 +124,7 @@ def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     gguf = smollm2_gguf()
-    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
-    cached = cache_root() / "models" / f"{gguf.stem}-{stamp}"  # _load_gguf_cached's copy
+    cached, _ = _dequantized_copy(gguf)
     if (cached / "DONE").exists():
         return AutoTokenizer.from_pretrained(cached)
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
