@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from lcc.compressors.base import Targets
     from lcc.compressors.engine import HessianStats, NormStats, run_sequential
     from lcc.data import calibration_batch, eval_windows
-    from lcc.evaluate import compressed_pass, dense_pass, logits_fn
+    from lcc.forward import compressed_pass, dense_pass, logits_fn
     from lcc.models import load_model
 
     conf = Path(lcc.__file__).parent / "conf"

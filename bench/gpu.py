@@ -4,8 +4,8 @@
 Random-initialised weights of real architectures (LLaMA-2-7B-32K, Llama-3-8B shapes), bf16, SDPA:
 
 * floor: a bare dense forward ``model(input_ids, use_cache=False)`` over one document of each length;
-* eval: lcc's own job steps (``lcc.tasks.kl``: ``dense_step`` -> ``compress_step`` (in place) ->
-  ``compressed_step`` -> ``summarize``) over the same documents, without the dense-reference cache (both
+* eval: lcc's own job steps (``lcc.tasks.kl``: ``dense_step`` -> ``compress_model`` (in place) ->
+  ``compare_step`` -> ``summarize``) over the same documents, without the dense-reference cache (both
   passes) and with it (a hit of ``dense_step`` through ``lcc.cache.DenseCache``, then the compressed pass);
   each as a ratio to the floor of this run; and the peak GPU memory of that evaluation (one model copy:
   compression is in place after the dense pass, as in ``lcc.job``);
@@ -225,8 +225,8 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
     pass + metrics + summary; each timed side by side with the bare forward (the floor) of the same
     document on the same weights; peak memory per length."""
     from lcc import compressors
-    from lcc.context import compress_step, dense_head
-    from lcc.tasks.kl import compressed_step, dense_step
+    from lcc.context import compress_model, dense_head
+    from lcc.tasks.kl import compare_step, dense_step
     from lcc.metrics import summarize
 
     kw = {} if keep_on is None else {"keep_on": keep_on}
@@ -255,7 +255,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
     reset_peak(dev)
     sync(dev)
     t0 = time.perf_counter()
-    info = compress_step(comp, model, None).info
+    info = compress_model(comp, model, None).info
     sync(dev)
     t_comp = time.perf_counter() - t0
     peak_comp = peak_gib(dev)
@@ -277,7 +277,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
             cached = [h.cpu() for h in dense_hidden[n]]
 
         def comp_and_summary(hidden):
-            compared = compressed_step(model, ids, hidden, head, chunk_size)
+            compared = compare_step(model, ids, hidden, head, chunk_size)
             summary, _ = summarize(compared.arrays)
             return {"compressed_forward_s": compared.forward_s, "metrics_s": compared.metrics_s}, summary
         for kern in metrics_kernels:
@@ -299,7 +299,7 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
                       f"comp_cached_s{sfx}": med["comp_cached"], f"comp_fwd_s{sfx}": tm["compressed_forward_s"],
                       f"metrics_s{sfx}": tm["metrics_s"], f"comp_times{sfx}": times["comp"],
                       f"peak_comp_gib{sfx}": peak, f"kl_mean{sfx}": summary["kl_mean"]})
-            print(f"[eval] {arch} {n:>6} compressed_step+summarize [metrics {kern}]: {med['comp']:.4f} s "
+            print(f"[eval] {arch} {n:>6} compare_step+summarize [metrics {kern}]: {med['comp']:.4f} s "
                   f"(forward {tm['compressed_forward_s']:.4f}, metrics {tm['metrics_s']:.4f}); from CPU (cache) "
                   f"hidden {med['comp_cached']:.4f} s; bare forward alongside {med['floor']:.4f} s; "
                   f"KL mean {summary['kl_mean']:.4g}, top1 {summary['top1_agree']:.3f}", flush=True)
@@ -314,11 +314,11 @@ def section_eval(model, docs, dev, reps, rows, arch, compressor: str, chunk_size
 
 
 def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
-    """torch.profiler of one bare forward, one dense_step and one compressed_step at one length: top kernels by time."""
+    """torch.profiler of one bare forward, one dense_step and one compare_step at one length: top kernels by time."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lcc.evaluate import logits_fn
-    from lcc.tasks.kl import compressed_step, dense_step
+    from lcc.forward import logits_fn
+    from lcc.tasks.kl import compare_step, dense_step
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     kw = {} if keep_on is None else {"keep_on": keep_on}
@@ -328,7 +328,7 @@ def section_profile(model, ids, dev, chunk_size, keep_on, path: Path):
     ids_dev = ids.to(dev)
     for name, fn in [("bare forward", lambda: floor_forward(model, ids_dev)),
                      ("dense_step", lambda: dense_step(model, ids, **kw)),
-                     ("compressed_step", lambda: compressed_step(model, ids, hidden, head, chunk_size))]:
+                     ("compare_step", lambda: compare_step(model, ids, hidden, head, chunk_size))]:
         fn()
         sync(dev)
         with profile(activities=acts) as prof:
@@ -377,7 +377,7 @@ def _floor_s(model, calib, stats_cls, dev, layers: int) -> float:
 
 
 def _run_compress(model, comp, calib, dev):
-    from lcc.context import compress_step
+    from lcc.context import compress_model
 
     reinit_(model)
     if dev.type == "cuda":
@@ -386,7 +386,7 @@ def _run_compress(model, comp, calib, dev):
     sync(dev)
     t0 = time.perf_counter()
     try:
-        info = compress_step(comp, model, calib).info
+        info = compress_model(comp, model, calib).info
         status = "ok"
     except Exception as e:  # noqa: BLE001 - report and go on with the next compressor
         info, status = {}, f"failed: {type(e).__name__}: {e}"
@@ -516,7 +516,7 @@ def report(args, env, eval_rows, comp_rows) -> str:
         alt = [k for r in eval_rows.values() for k in r if k.startswith("comp_s_")]
         if alt:
             lines += ["", "Compressed pass with the other metrics implementation (same run):", "",
-                      "| arch | tokens | kernel | compressed_step s | metrics s | KL mean (default kernel) |",
+                      "| arch | tokens | kernel | compare_step s | metrics s | KL mean (default kernel) |",
                       "|---|---:|---|---:|---:|---|"]
             for (arch, n), r in sorted(eval_rows.items()):
                 for k in sorted({a[len('comp_s_'):] for a in alt}):
@@ -528,9 +528,9 @@ def report(args, env, eval_rows, comp_rows) -> str:
         if "cache_measured" in some:
             lines += ["", f"bare fwd = `model(ids, use_cache=False)` (full logits), timed alternately with the lcc "
                           f"pass it is compared with, on the same weights (median of {args.reps or '-'} after a "
-                          f"warm-up). lcc no-cache = dense_step + compressed_step + summarize; compression itself "
+                          f"warm-up). lcc no-cache = dense_step + compare_step + summarize; compression itself "
                           f"({some.get('compressor')}, {_f(some.get('compress_s'), '{:.2f}')} s) excluded. "
-                          f"lcc with-cache = compressed_step + summarize on dense hidden states in CPU memory, as a "
+                          f"lcc with-cache = compare_step + summarize on dense hidden states in CPU memory, as a "
                           f"cache hit returns them; + cache read adds a serial cache hit of `dense_step` "
                           f"(xxh3-checked) of the entry. Ratio target <= {RATIO_TARGET}. Peak = max allocated over "
                           f"the lcc evaluation of that length (dense pass, in-place compression, compressed pass); "

@@ -31,7 +31,7 @@ from gpu import build_model, peak_gib, reset_peak, sync  # noqa: E402  (bench/gp
 
 def measure(model, dev, ctx: int, n: int, max_new: int, compressor: str) -> list[dict]:
     from lcc import compressors, tasks
-    from lcc.evaluate import logits_fn
+    from lcc.forward import logits_fn
     from lcc.models import ByteTokenizer
     from lcc.tasks.score import score_all
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lcc.models import prepare_embedded, smollm2_gguf
+
 #: the GGML types gguf.quants.quantize writes (checked: each round-trips a random matrix)
 WRITABLE = ("F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "MXFP4", "TQ2_0", "TQ1_0")
 
@@ -117,10 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--src", default=None)
     a = ap.parse_args(argv)
     if a.cmd == "gguf":
-        from lcc.models import smollm2_gguf
         print(requantize_gguf(a.src or smollm2_gguf(), a.out, a.qtype, keep=() if a.all else ("token_embd.weight",)))
     else:
-        from lcc.models import prepare_embedded
         print(compressed_tensors_checkpoint(a.src or prepare_embedded(), a.out, a.bits, a.group_size))
 
 

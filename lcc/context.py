@@ -22,7 +22,7 @@ from lcc.cache import CacheSettings, CompressedCache, Compression, settings
 from lcc.compressors.base import weight_fingerprint
 from lcc.coverage import coverage, unchanged_problem
 from lcc.data import calibration_batch
-from lcc.evaluate import logits_fn
+from lcc.forward import logits_fn
 from lcc.io import file_records
 from lcc.models import load_model, resolve_device, resolve_dtype
 from lcc.config import context_problem
@@ -61,7 +61,7 @@ def dense_head(model, comp: compressors.Compressor):
     return logits_fn(model, w)
 
 
-def compress_step(comp: compressors.Compressor, model, calib: torch.Tensor | None, seed: int = 0,
+def compress_model(comp: compressors.Compressor, model, calib: torch.Tensor | None, seed: int = 0,
                   cache: CompressedCache | None = None, uncached: str = "off") -> Compression:
     """Compress ``model`` in place, or apply its compressed weights from the cache; then check that it changed
     something (``weights``: targeted and changed Linears). ``uncached``: the status to report when ``cache`` is
@@ -139,7 +139,7 @@ class JobContext:
     def compress(self) -> Compression:
         """Compress the model in place (or apply the cached compressed weights); checked, timed, reported."""
         m = self.loaded
-        self.compression = c = compress_step(
+        self.compression = c = compress_model(
             self.comp, m.model, self.calib, self.cfg.seed,
             self.caches.compressed_cache(self.cfg, self.comp, m.model, self.calib, m.device, m.dtype),
             uncached=self.caches.uncached_status(self.comp))
@@ -166,7 +166,7 @@ class JobContext:
         files = list(body.pop("files", []))
         self.timings["total_s"] = time.perf_counter() - self.t0
         common = {"model": self.cfg.model.name, "data": self.cfg.data.name, "ctx": self.ctx,
-                  "task": self.task.name, "task_params": self.task.params(), "metrics": self.task.kind,
+                  "task": self.task.name, "task_params": self.task.params(), "metrics": self.task.family,
                   "compressor": self.comp.name,
                   "level": self.comp.level(), "compress_info": c.info, "weights": c.weights}
         return {**common, **body, "timings": {k: v for k, v in self.timings.items() if v is not None},

@@ -11,10 +11,12 @@ matrix unchanged (:func:`unchanged_problem`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # reduce imports this module: no torch import at run time
-    from torch import nn
+from torch import nn
+
+from lcc.compressors.base import decoder_layers
+from lcc.compressors.layers import block_targets, is_view
 
 ORDER = ("attention", "mlp", "experts", "shared_experts", "router", "embeddings", "head", "other")
 
@@ -22,9 +24,6 @@ ORDER = ("attention", "mlp", "experts", "shared_experts", "router", "embeddings"
 def matrix_kinds(model: nn.Module) -> dict[str, tuple[str, int]]:
     """``{qualified matrix name: (kind, number of weights)}`` of every targetable matrix of the decoder blocks
     (the names ``target_linears`` uses), plus ``lm_head``."""
-    from lcc.compressors.base import decoder_layers
-    from lcc.compressors.layers import block_targets
-
     out: dict[str, tuple[str, int]] = {}
     for i, block in enumerate(decoder_layers(model)):
         for t in block_targets(block):
@@ -55,9 +54,6 @@ def param_totals(model: nn.Module) -> dict[str, int]:
 
 def _block_matrix_params(model: nn.Module) -> list:
     """The parameters whose weights are counted as block matrices (3-D expert tensors as a whole)."""
-    from lcc.compressors.base import decoder_layers
-    from lcc.compressors.layers import block_targets, is_view
-
     ps = []
     for block in decoder_layers(model):
         for t in block_targets(block):

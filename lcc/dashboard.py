@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lcc.logger import sweep_logger
+from lcc.reduce import collect
 from lcc.names import (FIG_CURVE, FIG_SENSITIVITY, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE, WANDB_LEVEL, WANDB_X,
                        ctx_label)
 
@@ -82,8 +84,6 @@ def build_report(project: str, entity: str, ctx_tokens: list[int], group: str | 
 
 def sweep_scope(sweep_dir: Path) -> tuple[list[int], str]:
     """Context lengths and W&B group of a sweep dir (from its result files, as lcc.reduce reads them)."""
-    from lcc.reduce import collect
-
     if not sweep_dir.is_dir():
         raise SystemExit(f"lcc.dashboard: --sweep {sweep_dir}: no such folder" if not sweep_dir.exists()
                          else f"lcc.dashboard: --sweep {sweep_dir} is a file, not a sweep folder")
@@ -91,8 +91,6 @@ def sweep_scope(sweep_dir: Path) -> tuple[list[int], str]:
     ok = df[df.status == "ok"]
     if ok.empty:
         raise SystemExit(f"lcc.dashboard: no finished job under {sweep_dir}")
-    from lcc.logger import sweep_logger
-
     lg = sweep_logger(sweep_dir, ok, {}) or {}
     return sorted({int(c) for c in ok.ctx}), lg.get("group") or sweep_dir.name
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import lcc
 from lcc import ConfigError, tasks
-from lcc.context import Loaded, check_context, compress_step, dense_head, load_step, open_job  # noqa: F401
+from lcc.context import Loaded, check_context, compress_model, dense_head, load_step, open_job  # noqa: F401
 from lcc.io import files_problem, read_json, write_json
 from lcc.logger import log_result
 from lcc.config import VOLATILE_KEYS

@@ -27,10 +27,10 @@ import pandas as pd
 
 from lcc import tasks
 from lcc.config import WandbLogger, defaults
+from lcc.io import read_json
 from lcc.names import (BIN_KEYS, CURVE_KEYS, FIG_CURVE, SUMMARY_COLS, TABLES, WANDB_BIN, WANDB_CTX, WANDB_CURVE,
-                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_SUMMARY, WANDB_X, WANDB_X_LOG2, ctx_label,
+                       WANDB_CURVE_POINTS, WANDB_LEVEL, WANDB_X, WANDB_X_LOG2, ctx_label,
                        wandb_summary)
-from lcc.outputs import flatten  # noqa: F401  (re-exported: lcc.logger.flatten)
 
 log = logging.getLogger(__name__)
 KINDS = ("wandb", "none")
@@ -176,8 +176,6 @@ def wandb_defaults() -> dict:
 def sweep_logger(sweep_dir: Path, ok: pd.DataFrame, overrides: dict) -> dict | None:
     """The logger settings of a sweep's jobs (from their result.json; the first that used W&B), with
     ``overrides`` applied; None when no job logged to W&B and nothing was overridden."""
-    from lcc.io import read_json
-
     found = None
     for job in ok.job if len(ok) else []:
         try:

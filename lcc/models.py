@@ -1,4 +1,6 @@
-"""Model loading: the embedded SmolLM2 GGUF, a seeded tiny Llama, or any Hugging Face causal LM."""
+"""Fingerprinted: editing this file invalidates every cached dense reference and compressed weights.
+
+Model loading: the embedded SmolLM2 GGUF, a seeded tiny Llama, or any Hugging Face causal LM."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,6 +16,8 @@ from filelock import FileLock
 from lcc import ConfigError
 from lcc.checks import check_model_path
 from lcc.config import SMOLLM2_PACKAGE
+from lcc.archs import tiny_model
+from lcc.io import umask
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,17 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def _dequantized_copy(gguf: Path) -> tuple[Path, str]:
+    """Where the dequantized copy of ``gguf`` is kept (complete when it holds ``DONE``), and the file's stamp."""
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    return cache_root() / "models" / f"{gguf.stem}-{stamp}", stamp
+
+
 def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
     """Dequantize the GGUF once (about 20-30 s) and keep a safetensors copy, so later loads take seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
-    cached = cache_root() / "models" / f"{gguf.stem}-{stamp}"
+    cached, stamp = _dequantized_copy(gguf)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cached) + ".lock"):
         if not (cached / "DONE").exists():
@@ -78,7 +87,6 @@ def _load_gguf_cached(gguf: Path, dtype: torch.dtype):
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "DONE").write_text(stamp)
-            from lcc.io import umask
             for f in tmp.rglob("*"):  # safetensors writes 0600: a shared $LCC_CACHE must be readable by others
                 if f.is_file():
                     os.chmod(f, 0o666 & ~umask())
@@ -111,6 +119,28 @@ def tiny_llama(vocab_size: int = 256, hidden_size: int = 64, n_layers: int = 2, 
     return model
 
 
+def smollm2_tokenizer():
+    """The embedded SmolLM2's tokenizer, without loading the model: from the dequantized copy when it is there,
+    else read from the GGUF file."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    cached, _ = _dequantized_copy(gguf)
+    if (cached / "DONE").exists():
+        return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def save_tiny(arch: str, folder: str | Path, tokenizer=None, seed: int = 0) -> Path:
+    """Write a tiny random ``arch`` checkpoint (``lcc.archs``) with the SmolLM2 tokenizer: a ``model=hf`` folder."""
+    tok = tokenizer or smollm2_tokenizer()
+    model = tiny_model(arch, vocab_size=len(tok), seed=seed)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 class ByteTokenizer:
     """Minimal tokenizer for the tiny model: UTF-8 bytes, vocabulary 256."""
 
@@ -138,8 +168,6 @@ def load_model(cfg: Any, device: torch.device, dtype: torch.dtype):
                            attn_implementation=cfg.attn_implementation)
         tok = ByteTokenizer()
     elif kind == "tiny_arch":  # a tiny random model of another architecture (lcc/archs.py), byte tokenizer
-        from lcc.archs import tiny_model
-
         model = tiny_model(cfg.arch, vocab_size=256, seed=cfg.seed, attn_implementation=cfg.get("attn_implementation"),
                            max_position_embeddings=cfg.max_position_embeddings).to(dtype)
         tok = ByteTokenizer()

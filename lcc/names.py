@@ -32,12 +32,12 @@ WANDB_SUMMARY = registry.wandb_keys()
 
 def wandb_summary(result: dict) -> list[str]:
     """The summary keys of a job's W&B run summary for its kind of job (kl, synthetic task, lm_eval)."""
-    return registry.wandb_keys(registry.kind_of(result))
+    return registry.wandb_keys(registry.family_of(result))
 
 
-def _tables(kind: str) -> list[Shown]:
+def _tables(family: str) -> list[Shown]:
     return [Shown(m.name, m.se, m.label + (" ± SE" if m.se else ""), m.table_slug)
-            for m in registry.table_metrics(kind)]
+            for m in registry.table_metrics(family)]
 
 
 #: task jobs' tables of reduce (rows model x data x task x compressor x level, columns ctx; cells mean ± SE)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from lcc import tasks
-from lcc.io import read_json
+from lcc.compressors.press import presses
+from lcc.io import atomic_write, read_json
 
 
 def _saved(cfg: dict, ctx: int) -> float | None:
     c = cfg.get("compressor", {}) or {}
-    from lcc.compressors.press import presses
     if c.get("name") in presses():
         if c.get("budget") is not None:
             return max(0.0, 1 - c["budget"] / ctx)
@@ -141,8 +141,6 @@ def figures(sweep_dir: Path, t: pd.DataFrame) -> list[Path]:
 
 def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True) -> tuple[list[str], list[Path]]:
     """(markdown lines, files written) for the press and kv jobs of a sweep; nothing when it has none."""
-    from lcc.io import atomic_write
-
     t = load(sweep_dir, jobs)
     if t.empty or not (t.family != "kv quant (equal memory)").any():
         return [], []

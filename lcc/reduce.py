@@ -24,10 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lcc import tasks
+from lcc import figures, tasks
 from lcc.coverage import short as coverage_cell
-from lcc.io import atomic_write, read_json
+from lcc.io import atomic_write, files_problem, read_json
+from lcc.logger import log_reduce, sweep_logger, wandb_defaults
 from lcc.names import SUMMARY_COLS, TABLES, ctx_label
+from lcc.outputs import latex_tables, tidy_curves, variant_levels, write_tidy
+from lcc.press_report import report as press_report
+from lcc.result_schema import problem as result_problem
+from lcc.config import VOLATILE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,6 @@ def read_manifest(path: Path) -> list[dict]:
 
 def flat_config(cfg: dict, prefix: str = "") -> dict:
     """``{"calib.n_samples": 128, ...}`` of a resolved job config, without the volatile keys."""
-    from lcc.config import VOLATILE_KEYS
-
     out = {}
     for k, v in cfg.items():
         if not prefix and k in (*VOLATILE_KEYS, "hydra"):
@@ -73,19 +76,10 @@ def flat_config(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
-def _result_problem(res: object) -> str | None:
-    """Why a result.json is not a result lcc wrote (None if it is): ``lcc.result_schema``, the one check of
-    every field reduce reads."""
-    from lcc.result_schema import problem
-    return problem(res)
-
-
 def collect(sweep_dir: Path) -> pd.DataFrame:
     """One row per job: every job of the manifest (missing ones too) and every result.json found. A result
     whose files fail their recorded checksums is ``corrupt`` (``unverified`` if it records none), one that is
     not what lcc writes is ``malformed``: neither enters a table, both are listed with the reason."""
-    from lcc.io import files_problem
-
     rows: dict[str, dict] = {}
     manifest = sweep_dir / "lcc_jobs.json"
     if manifest.exists():
@@ -99,7 +93,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         except (OSError, ValueError) as e:
             row.update(status="unreadable", error=f"{path}: {e}")
             continue
-        if (why := _result_problem(res)):
+        if (why := result_problem(res)):
             row.update(status="malformed", error=f"{path}: {why}")
             continue
         row["status"] = res.get("status", "unknown")
@@ -220,8 +214,6 @@ def status_line(df: pd.DataFrame) -> str:
 def write_outputs(sweep_dir: Path, df: pd.DataFrame, tables: dict[str, pd.DataFrame],
                   plots: bool = True) -> list[Path]:
     """The files beside sensitivity.csv/.md: the LaTeX tables, the tidy curves file, the figures."""
-    from lcc.outputs import latex_tables, tidy_curves, variant_levels, write_tidy
-
     ok = df[(df.status == "ok") & _has_curve(df)]  # the other jobs: their task's reporter
     if ok.empty:
         return []
@@ -231,8 +223,6 @@ def write_outputs(sweep_dir: Path, df: pd.DataFrame, tables: dict[str, pd.DataFr
     bins = tidy_curves(sweep_dir, ok)
     written += write_tidy(sweep_dir, bins)
     if plots:
-        from lcc import figures
-
         lines = variant_levels(bins)  # a figure line per job: level (+ any key that tells jobs apart)
         bins = bins.assign(level=bins.job.map(lines))
         ok = ok.assign(level=ok.job.map(lines))
@@ -265,8 +255,7 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
         lines += ["## Coverage (share of each kind's parameters changed)", "", cov.to_markdown(index=False), ""]
     task_lines, task_files = task_reports(sweep_dir, df, plots)
     lines += task_lines
-    from lcc.press_report import report as press_report  # KV eviction beside KV quantization (if any)
-    press_lines, press_files = press_report(sweep_dir, df, plots)
+    press_lines, press_files = press_report(sweep_dir, df, plots)  # KV eviction beside KV quantization (if any)
     lines += press_lines
     task_files += press_files
     bad = df[df.status != "ok"]
@@ -283,8 +272,6 @@ def reduce(sweep_dir: str | Path, plots: bool = True, wandb: bool | str = False,
     files = [sweep_dir / "sensitivity.csv", sweep_dir / "sensitivity.md"]
     files += write_outputs(sweep_dir, df, tables, plots=plots) + task_files
     if wandb:
-        from lcc.logger import log_reduce, sweep_logger, wandb_defaults
-
         lg = sweep_logger(sweep_dir, ok, wandb_overrides or {})
         if lg is None and wandb is True:  # forced, though no job logged to W&B: lcc's logger defaults
             lg = {**wandb_defaults(), "kind": "wandb"}

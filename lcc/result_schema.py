@@ -3,8 +3,8 @@
 ``problem(res)`` returns why a result is not one lcc writes (None if it is): every field that reduce, the task
 report and the tidy curves file read, with its type: the identity (``model``, ``data``, ``compressor``, ``level``
 strings, ``ctx`` an integer in 1..2^31), ``config`` (a mapping, nested at most ``MAX_DEPTH`` deep), the summary
-numbers of the job's metric kind (``lcc.metrics.registry.kind_of``: numbers or null; lm-eval's ``matching`` a
-boolean), and the body of its kind: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth``
+numbers of the job's metric family (``lcc.metrics.registry.family_of``: numbers or null; lm-eval's ``matching`` a
+boolean), and the body of its family: KL jobs' ``curve`` (bins holding numbers), synthetic tasks' ``by_depth``
 (rows holding numbers), lm-eval's ``lm_eval`` (rows naming task and metric, with numbers). A result that fails is
 listed as ``malformed`` with this reason and enters no table; the others' tables are written as usual.
 """
@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lcc.metrics import registry
+from lcc.names import BIN_KEYS
+
 MAX_CTX = 2 ** 31
 MAX_DEPTH = 64
-#: the bodies reduce reads: key -> the metric kind that requires it
+#: the bodies reduce reads: key -> the metric family that requires it
 BODIES = {"curve": "kl", "by_depth": "synthetic", "lm_eval": "lm_eval"}
 
 
@@ -51,9 +54,6 @@ def _numbers(where: str, row: Any, keys: list[str], required: tuple[str, ...] = 
 
 def problem(res: Any) -> str | None:
     """Why ``res`` (a parsed result.json) is not a result lcc writes; None if it is."""
-    from lcc.metrics import registry
-    from lcc.names import BIN_KEYS
-
     if not isinstance(res, dict):
         return f"not a JSON object but {type(res).__name__}"
     if not isinstance(res.get("status", ""), str):
@@ -62,11 +62,11 @@ def problem(res: Any) -> str | None:
         return None
     if "task" in res and not isinstance(res["task"], str):
         return f"'task' is not a string: {res['task']!r}"
-    kind = registry.kind_of(res)
-    if not isinstance(kind, str):
-        return f"'metrics' is not a string: {kind!r}"
-    # the body its metric kind requires, and every body the result carries (whatever it declares)
-    body = [(k, list) for k, required in BODIES.items() if required == kind or k in res]
+    family = registry.family_of(res)
+    if not isinstance(family, str):
+        return f"'metrics' is not a string: {family!r}"
+    # the body its metric family requires, and every body the result carries (whatever it declares)
+    body = [(k, list) for k, required in BODIES.items() if required == family or k in res]
     for key, typ in (("config", dict), ("summary", dict), *body, ("level", str), ("compressor", str)):
         if not isinstance(res.get(key), typ):
             return f"{key!r} is missing or not a {typ.__name__}"
@@ -83,8 +83,8 @@ def problem(res: Any) -> str | None:
     if _depth(res["config"]) > MAX_DEPTH:
         return f"'config' is nested deeper than {MAX_DEPTH} levels"
     summary = res["summary"]
-    flags = [k for k in registry.summary_keys(kind) if k == "matching"]
-    if (why := _numbers("summary", summary, [k for k in registry.summary_keys(kind) if k not in flags])):
+    flags = [k for k in registry.summary_keys(family) if k == "matching"]
+    if (why := _numbers("summary", summary, [k for k in registry.summary_keys(family) if k not in flags])):
         return why
     for k in flags:
         if summary.get(k) is not None and not isinstance(summary[k], bool):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 import lcc.compressors  # noqa: F401  (stores compressor=<name> in Hydra's ConfigStore)
 import lcc.tasks  # noqa: F401  (stores task=<name>)
 from lcc.config import override_exclude_keys  # (and stores every other group's schema)
+from lcc.job import run
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("lcc")
@@ -50,8 +51,6 @@ if not OmegaConf.has_resolver("lcc_override_exclude_keys"):  # one definition: l
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
 def main(cfg: DictConfig) -> float | None:
-    from lcc.job import run
-
     res = run(cfg)
     return res.get("summary", {}).get("kl_mean")
 

@@ -22,8 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lcc import ConfigError, compressors, tasks
 from lcc.archs import ARCHS
 from lcc.checks import choice, field_problems, is_int, unknown_keys
-from lcc.config import (MISSING_HINT, SMOLLM2_PACKAGE, VOLATILE_KEYS, LccConfig, context_problem, node_problems,  # noqa: F401
-                        override_exclude_keys)
+from lcc.config import MISSING_HINT, SMOLLM2_PACKAGE, LccConfig, context_problem, node_problems
 from lcc.models import DTYPES, smollm2_gguf
 
 DTYPE = choice("auto", *DTYPES, listed=False)

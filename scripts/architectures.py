@@ -1,5 +1,5 @@
-"""The support matrix: every compressor of lcc.archs.COMPRESSORS and NEW_COMPRESSORS on a KL job and task=passkey (quant, kv) for
-every architecture of lcc.archs.ARCHS, each a real job (``lcc.archs.run_case``, the cases of
+"""The support matrix: every compressor of lcc.conformance.COMPRESSORS and NEW_COMPRESSORS on a KL job and task=passkey (quant, kv) for
+every architecture of lcc.archs.ARCHS, each a real job (``lcc.conformance.run_case``, the cases of
 tests/test_architectures.py), written as docs/architectures.md.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/architectures.py [--out docs/architectures.md] [arch ...]
@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lcc.archs import ARCHS, COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
+from lcc.archs import ARCHS
+from lcc.conformance import COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
 from lcc.coverage import short
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from lcc.archs import ARCHS, COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
+from lcc.archs import ARCHS
+from lcc.conformance import COMPRESSORS, NEW_COMPRESSORS, TASK_CASES, run_case
 
 
 def test_the_matrix_covers_the_kinds_of_architecture():
@@ -33,7 +34,7 @@ def test_every_compressor_runs_with_full_coverage_or_is_refused(arch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_new_compressor_runs_with_full_coverage_or_is_refused(arch, tmp_path):
-    """The formats, smoothquant / awq / rotate and the KV-eviction presses (lcc.archs.NEW_COMPRESSORS) on a KL
+    """The formats, smoothquant / awq / rotate and the KV-eviction presses (lcc.conformance.NEW_COMPRESSORS) on a KL
     job; presses read the text in chunks so their eviction runs between reads. Llama is supported by all."""
     res = {c: run_case(arch, c, "kl", tmp_path / c) for c in NEW_COMPRESSORS}
     bad = {c: r["reason"][:300] for c, r in res.items() if r["status"] == "failed"}

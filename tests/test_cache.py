@@ -410,3 +410,34 @@ def test_masking_pruners_store_one_bit_per_weight(tmp_path, comp):
     kept = sum(int(unpack_bits(t, (t.numel() * 8,)).sum()) for t in tensors.values())
     total = sum(lin.weight.numel() for lin in lins.values())
     assert kept / total == pytest.approx(1 - r1["compress_info"]["sparsity_achieved"], abs=1e-6)
+
+
+def test_fingerprinted_sources_say_so():
+    """Every file whose source goes into a cache key (``source_fingerprint(...)`` anywhere in lcc, files and the
+    modules of its ``functions``) says so in its first docstring line: editing it invalidates cached entries."""
+    import ast
+    import importlib
+
+    import lcc
+
+    root = Path(lcc.__file__).resolve().parent
+    named: set[Path] = set()
+    for path in root.rglob("*.py"):
+        calls = [n for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "source_fingerprint"]
+        if not calls:
+            continue
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        mod = importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        for call in calls:
+            for a in call.args:  # files and packages, relative to lcc/
+                p = root / a.value
+                named |= set(p.rglob("*.py")) if p.is_dir() else {p}
+            for kw in call.keywords:  # functions=(...): the files that define them
+                if kw.arg == "functions":
+                    named |= {Path(importlib.import_module(getattr(mod, e.id).__module__).__file__)
+                              for e in kw.value.elts}
+    assert {root / "models.py", root / "forward.py", root / "compressors" / "gptq.py"} <= named
+    silent = [str(p.relative_to(root)) for p in sorted(named)
+              if not (ast.get_docstring(ast.parse(p.read_text())) or "").startswith("Fingerprinted: editing this file")]
+    assert silent == []

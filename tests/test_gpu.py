@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lcc.compressors.simple import Quant
-from lcc.evaluate import compressed_pass, dense_pass, final_hidden, logits_fn
+from lcc.forward import compressed_pass, dense_pass, final_hidden, logits_fn
 from lcc.metrics import token_metrics
 from lcc.models import tiny_llama
 

@@ -7,7 +7,7 @@ import torch
 
 from lcc.metrics import (bin_means, chunked_token_metrics, mean_se, octave_bins, slope_vs_log2, summarize,
                          token_metrics)
-from lcc.metrics.summary import bin_log2_centers
+from lcc.metrics.bins import bin_log2_centers
 
 
 def brute_force(lp_logits, lq_logits, targets):
@@ -204,7 +204,7 @@ def test_a_new_metric_is_one_registry_entry(tmp_path):
 
 @pytest.mark.slow
 def test_a_new_task_metric_is_one_registry_entry(tmp_path):
-    """Copy the package, add one per-prompt Series and one Metric of kind ``synthetic`` to the registry and
+    """Copy the package, add one per-prompt Series and one Metric of family ``synthetic`` to the registry and
     nothing else: a task job's summary and per-depth rows, its log line, reduce's tasks.csv, tasks_by_depth.csv
     and task tables carry it."""
     import json
@@ -227,7 +227,7 @@ def test_a_new_task_metric_is_one_registry_entry(tmp_path):
     text = text.replace(s_anchor, '    Series("nll_gap", "answer NLL gap (test)", per="prompt", '
                                   'derive=lambda a: a["nll_compressed"] - a["nll_dense"]),\n' + s_anchor)
     text = text.replace(m_anchor, '    Metric("nll_gap", "nll_gap", prompt_mean, "answer NLL gap (test)", se="nll_gap_se", '
-                                  'table=True, log="gap {v:.3g}", kind="synthetic"),\n' + m_anchor)
+                                  'table=True, log="gap {v:.3g}", family="synthetic"),\n' + m_anchor)
     reg.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(src)}
     sweep = tmp_path / "sweep"

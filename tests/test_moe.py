@@ -166,7 +166,7 @@ def test_kv_wraps_fused_attention_and_refuses_pre_rope_there():
 @pytest.mark.parametrize("arch", ["mistral", "qwen2", "gemma2", "gemma3_text", "gpt_oss"])
 def test_greedy_decoding_on_sliding_window_caches_equals_generate(arch):
     """The prompt is longer than the window (64): the teacher-forced answer is rolled back past it."""
-    from lcc.evaluate import logits_fn
+    from lcc.forward import logits_fn
     from lcc.tasks.score import score_sample
     from lcc.tasks.synthetic import Sample
 
@@ -252,7 +252,7 @@ def test_the_weights_cache_stores_expert_views_like_linears(arch, name):
 def test_a_weight_compressor_that_leaves_experts_dense_fails_naming_them():
     """The MoE case can never again report ok: a compressor that skips targeted matrices fails the job."""
     from lcc.compressors.quantize import fake_quant_linears
-    from lcc.job import compress_step
+    from lcc.context import compress_model
 
     m = tiny_model("mixtral")
     comp = build({"name": "quant"})
@@ -264,7 +264,7 @@ def test_a_weight_compressor_that_leaves_experts_dense_fails_naming_them():
     comp.compress = linears_only
     with pytest.raises(ConfigError, match=r"left 16 of its 24 targeted weight matrices unchanged: "
                                           r"layers\.0\.mlp\.experts\.\*\.gate_up_proj"):
-        compress_step(comp, m, None)
+        compress_model(comp, m, None)
 
 
 def test_the_router_is_a_target_on_request_calibrated_too():

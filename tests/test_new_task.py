@@ -37,7 +37,7 @@ def report(sweep_dir: Path, jobs: pd.DataFrame, plots: bool = True):
 @dataclass
 class LastToken(Task):
     name: ClassVar[str] = "last_token"
-    kind: ClassVar[str] = "last_token"
+    family: ClassVar[str] = "last_token"
     reporter: ClassVar = staticmethod(report)
     n: int = 2
 

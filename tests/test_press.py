@@ -8,7 +8,7 @@ import torch
 from lcc import ConfigError
 from lcc.compressors import build
 from lcc.compressors.press import attention_sums, presses
-from lcc.evaluate import compressed_hidden, final_hidden, logits_fn
+from lcc.forward import compressed_hidden, final_hidden, logits_fn
 from lcc.job import run
 from lcc.models import ByteTokenizer, tiny_llama
 from lcc.tasks.score import score_sample

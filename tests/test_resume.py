@@ -82,16 +82,16 @@ KILLED_JOB = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    import lcc.evaluate
+    import lcc.forward
     from test_resume import compose_cfg  # cache.compressed=true: exercise the compressed-weights cache too
-    real = lcc.evaluate.compressed_pass
+    real = lcc.forward.compressed_pass
 
     def slow(*a, **k):
         Path({marker!r}).write_text("in compressed pass")
         time.sleep(120)
         return real(*a, **k)
 
-    lcc.evaluate.compressed_pass = slow
+    lcc.forward.compressed_pass = slow
     from lcc.job import run
     run(compose_cfg(Path({tmp!r}), "job"))
 """)
@@ -135,7 +135,7 @@ def test_killed_job_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 @pytest.mark.parametrize("when", ["dense", "compress"])
 def test_exception_mid_job_leaves_no_cache_entry(tmp_path, monkeypatch, when):
     """SystemExit (submitit's preemption handler exits this way) in the middle of computing an entry."""
-    import lcc.evaluate
+    import lcc.forward
     import lcc.job
     from lcc.compressors.simple import Quant
 
@@ -143,7 +143,7 @@ def test_exception_mid_job_leaves_no_cache_entry(tmp_path, monkeypatch, when):
         raise SystemExit(-1)
 
     if when == "dense":
-        monkeypatch.setattr(lcc.evaluate, "dense_pass", interrupted)
+        monkeypatch.setattr(lcc.forward, "dense_pass", interrupted)
     else:
         monkeypatch.setattr(Quant, "compress", interrupted)
     with pytest.raises(SystemExit):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lcc import ConfigError, tasks
 from lcc.compressors import build as build_compressor
-from lcc.evaluate import logits_fn
+from lcc.forward import logits_fn
 from lcc.job import run, validate
 from lcc.models import ByteTokenizer, tiny_llama
 from lcc.reduce import reduce

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from lcc import ConfigError
 from lcc.job import config_hash, job_config, run
-from lcc.validate import VOLATILE_KEYS, override_exclude_keys, problems, validate
+from lcc.config import VOLATILE_KEYS, override_exclude_keys
+from lcc.validate import problems, validate
 from tests.helpers import CONF_DIR, make_cfg
 
 TINY = ["model=tiny", "logger=none", "n_docs=2", "ctx.tokens=256"]

@@ -7,7 +7,8 @@
 * ``keys``: what keys are made of besides the config (device, weights identity, token ids, code, versions);
 * ``settings``: the ``cache:`` config node and which steps of a job go through which cache.
 """
-from lcc.cache.compressed import CODECS, CompressedCache, Compression, pack_bits, unpack_bits  # noqa: F401
+from lcc.cache.codes import pack_bits, unpack_bits  # noqa: F401
+from lcc.cache.compressed import CODECS, CompressedCache, Compression  # noqa: F401
 from lcc.cache.dense import DenseCache, DenseEntry, DenseReference, dense_inputs  # noqa: F401
 from lcc.cache.keys import source_fingerprint  # noqa: F401
 from lcc.cache.settings import CacheSettings, settings  # noqa: F401

@@ -1,4 +1,6 @@
-"""Quantized weights as integer codes: how the compressed-weights cache stores a Linear whose weights lie on the
+"""Fingerprinted: editing this file invalidates the cached compressed weights.
+
+Quantized weights as integer codes: how the compressed-weights cache stores a Linear whose weights lie on the
 :class:`~lcc.compressors.QuantGrid` its compressor recorded (docs/caching.md, "Storage").
 
 A weight ``w`` on a grid is ``((code - zero) * scale).to(dtype)`` in fp32 for an integer ``code`` in
@@ -16,7 +18,8 @@ column rule, so decoding gives the compressed tensor bit for bit. An entry store
 
 and the Linear's other parameters (bias) as they are. :func:`encode` recovers the codes from the compressed
 weights and the grid and *verifies* them: the decoded weight must equal the compressed one bit for bit, else the
-Linear is not coded (the caller stores a full copy).
+Linear is not coded (the caller stores a full copy). Bit masks (the mixed-precision groups here, a pruner's kept
+weights in ``lcc.cache.compressed``) are packed 8 to a byte by :func:`pack_bits`.
 """
 from __future__ import annotations
 
@@ -25,8 +28,28 @@ from typing import Any, Callable
 
 import torch
 
-from lcc.compressors.base import QuantGrid
-from lcc.compressors.quantize import group_index
+from lcc.compressors.quantize import QuantGrid, group_index
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as a flat uint8 CPU tensor, 8 entries a byte (first entry in the high bit, the last byte
+    zero-padded): how the compressed-weights cache stores which weights a pruner kept (1/16 of bf16 weights)."""
+    flat = mask.flatten().to(torch.uint8)
+    if pad := (-flat.numel()) % 8:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * w).sum(dim=1, dtype=torch.uint8).cpu()
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple, device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """The inverse of ``pack_bits``: a bool tensor of ``shape`` on ``device``."""
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
+    bits = packed.to(device).unsqueeze(1).bitwise_and(w).bool().flatten()
+    return bits[:math.prod(shape)].view(shape)
+
 
 #: codes of more bits are not packed (a grid of more bits is stored as a full copy)
 MAX_BITS = 8
@@ -145,8 +168,6 @@ def encode(w: torch.Tensor, grid: QuantGrid) -> tuple[dict[str, torch.Tensor], d
         if g_idx is not None:
             out["g_idx"] = gi.to(torch.int32)
         if high is not None:
-            from lcc.cache.compressed import pack_bits
-
             is_high = high[:, gi]
             out["codes"] = pack_codes(codes.masked_fill(is_high, 0), grid.bits)  # dense: a fast decode
             out["codes_high"] = pack_codes(codes[is_high], grid.high_bits)
@@ -200,8 +221,6 @@ def decode(t: dict[str, torch.Tensor], info: dict[str, Any], shape: tuple[int, i
     g_idx = t["g_idx"].to(device, torch.int64) if "g_idx" in t else None
     if "high" in t:
         gi = g_idx if g_idx is not None else group_index(cols, info["group_size"], device)
-        from lcc.cache.compressed import unpack_bits
-
         is_high = unpack_bits(t["high"], (rows, ng), device)[:, gi]
         n_high = int(is_high.sum())
         if n_high != info["n_high"]:

@@ -1,4 +1,6 @@
-"""Compressed weights: what a compressor changed, stored once per (model, compressor config, calibration,
+"""Fingerprinted: editing this file invalidates the cached compressed weights.
+
+Compressed weights: what a compressor changed, stored once per (model, compressor config, calibration,
 seed, dtype, device, versions, code) and applied to the freshly loaded dense weights on a hit.
 
 One codec per storage kind a compressor declares (``Compressor.storage()``):
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,31 +28,12 @@ from torch import nn
 from lcc.cache.keys import device_id, library_versions, model_identity, source_fingerprint, tokens_sha256
 from lcc.cache.store import FORMAT, TensorStore, key_of
 from lcc.cache import codes
+from lcc.cache.codes import pack_bits, unpack_bits
 from lcc.compressors import Compressor, QuantGrid, Storage
+from lcc.compressors.base import weight_fingerprint
 from lcc.registry import Registry
 
 log = logging.getLogger(__name__)
-
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as a flat uint8 CPU tensor, 8 entries a byte (first entry in the high bit, the last byte
-    zero-padded): how the compressed-weights cache stores which weights a pruner kept (1/16 of bf16 weights)."""
-    flat = mask.flatten().to(torch.uint8)
-    if pad := (-flat.numel()) % 8:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * w).sum(dim=1, dtype=torch.uint8).cpu()
-
-
-def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple, device: torch.device | str = "cpu"
-                ) -> torch.Tensor:
-    """The inverse of ``pack_bits``: a bool tensor of ``shape`` on ``device``."""
-    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
-    bits = packed.to(device).unsqueeze(1).bitwise_and(w).bool().flatten()
-    return bits[:math.prod(shape)].view(shape)
-
 
 
 class Codec:
@@ -123,8 +105,6 @@ class CodesCodec(Codec):
         return {f"{n}.{p}": param for n, lin in lins.items() for p, param in lin.named_parameters(recurse=False)}
 
     def encode(self, lins, grids):
-        from lcc.compressors.base import weight_fingerprint
-
         tensors: dict[str, torch.Tensor] = {}
         linears: dict[str, dict[str, Any]] = {}
         full: list[str] = []
@@ -154,8 +134,6 @@ class CodesCodec(Codec):
         return tensors, {"linears": linears, "summary": summary}
 
     def load(self, lins, tensors, info):
-        from lcc.compressors.base import weight_fingerprint
-
         coded = info.get("linears", {})
         expected: dict[str, tuple] = {}
         for n, lin in lins.items():
@@ -202,7 +180,7 @@ class Compression:
     status: str = "off"  # off | uncacheable | recomputed | hit | miss
     key: str | None = None
     cache_s: float | None = None  # time spent in the cache (check, read or write), compression excluded
-    weights: dict[str, int] | None = None  # targeted and changed Linears (set by lcc.job.compress_step)
+    weights: dict[str, int] | None = None  # targeted and changed Linears (set by lcc.context.compress_model)
 
 
 class CompressedCache:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from lcc.cache.keys import device_id, library_versions, model_identity, source_fingerprint, tokens_sha256
 from lcc.cache.store import FORMAT, TensorStore, key_of
-from lcc.evaluate import dense_pass, final_hidden, input_device
+from lcc.forward import dense_pass, final_hidden, input_device
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import lcc
+from lcc.models import smollm2_gguf
 
 
 def library_versions() -> dict:
@@ -33,7 +34,6 @@ def model_identity(cfg_model: DictConfig, model: Any) -> dict:
     """The model config plus what identifies its weights beyond the config."""
     ident: dict[str, Any] = {"config": OmegaConf.to_container(cfg_model, resolve=True)}
     if cfg_model.kind == "gguf":
-        from lcc.models import smollm2_gguf
         st = smollm2_gguf().stat()
         ident["gguf"] = f"{smollm2_gguf().name}-{st.st_size}-{int(st.st_mtime)}"
     commit = getattr(model.config, "_commit_hash", None)

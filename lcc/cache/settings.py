@@ -9,7 +9,10 @@ from typing import Any, Callable
 import torch
 
 from lcc import ConfigError
+from lcc.cache.compressed import CompressedCache
+from lcc.cache.dense import DenseCache, DenseEntry
 from lcc.compressors import Compressor, Storage
+from lcc.models import cache_root
 
 
 @dataclass
@@ -41,8 +44,6 @@ class CacheSettings:
 
     def dense_cache(self, cfg: Any, model, windows: torch.Tensor, device: torch.device, dtype: torch.dtype):
         """The job's dense-reference cache entry, or None if the dense reference is not cached."""
-        from lcc.cache.dense import DenseCache
-
         if not (self.enabled and self.dense):
             return None
         return DenseCache.for_job(self.dir, cfg, model, windows, device, dtype)
@@ -50,8 +51,6 @@ class CacheSettings:
     def dense_entry(self, inputs: Callable[[], dict]):
         """A task's dense-reference entry (``inputs()``: everything it depends on, ``lcc.cache.dense_inputs``),
         or None if dense references are not cached."""
-        from lcc.cache.dense import DenseEntry
-
         if not (self.enabled and self.dense):
             return None
         return DenseEntry.at(self.dir, inputs())
@@ -59,8 +58,6 @@ class CacheSettings:
     def compressed_cache(self, cfg: Any, comp: Compressor, model, calib: torch.Tensor | None,
                          device: torch.device, dtype: torch.dtype):
         """The job's compressed-weights cache entry, or None if ``comp``'s weights are not cached."""
-        from lcc.cache.compressed import CompressedCache
-
         if not self.cache_compressed(comp, device):
             return None
         return CompressedCache.for_job(self.dir, cfg, comp, model, calib, device, dtype)
@@ -68,8 +65,6 @@ class CacheSettings:
 
 def settings(cfg: Any) -> CacheSettings:
     """The ``cache:`` node of a job config; every key is optional. Raises ConfigError for a bad value."""
-    from lcc.models import cache_root
-
     c = cfg.get("cache") or {}
     get = c.get if hasattr(c, "get") else (lambda k, d=None: d)
     d = get("dir", None)

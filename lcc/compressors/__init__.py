@@ -1,4 +1,6 @@
-"""Compressors, registered by name: every module of this package is imported (discovered, not listed), and
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Compressors, registered by name: every module of this package is imported (discovered, not listed), and
 every :class:`~lcc.compressors.base.Compressor` subclass with a ``name`` registers itself.
 
 ``build(cfg)`` turns a ``compressor`` config into an instance (validating it). Each registered compressor is

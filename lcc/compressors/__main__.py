@@ -1,4 +1,6 @@
-"""``python -m lcc.compressors``: every registered compressor with its parameters, defaults and valid values."""
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``python -m lcc.compressors``: every registered compressor with its parameters, defaults and valid values."""
 from __future__ import annotations
 
 import dataclasses

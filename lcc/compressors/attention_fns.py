@@ -1,4 +1,6 @@
-"""Runtime attention functions registered with transformers' attention interface: ``kv`` (quantized KV cache) and
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Runtime attention functions registered with transformers' attention interface: ``kv`` (quantized KV cache) and
 the KV-eviction presses each wrap the model's own attention implementation (eager, sdpa, ...) under a name of
 their own (``<prefix><base>``), and set ``config._attn_implementation`` to it. Also the KV cache's keyword
 argument, whose name changed across transformers versions."""

@@ -1,4 +1,6 @@
-"""AWQ (Lin et al. 2024, mit-han-lab/llm-awq): activation-aware weight quantization, W4A16.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+AWQ (Lin et al. 2024, mit-han-lab/llm-awq): activation-aware weight quantization, W4A16.
 
 On lcc's sequential engine, block by block, as the reference ``run_awq`` (``awq/quantize/pre_quant.py``,
 ``auto_scale.py``, ``auto_clip.py``, ``quantizer.py``):

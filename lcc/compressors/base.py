@@ -1,4 +1,6 @@
-"""The one compressor contract, the name registry, and target selection.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+The one compressor contract, the name registry, and target selection.
 
 A compressor is a small class that changes a model *in place*. The evaluator runs the dense model first,
 then calls ``compress`` on the same model and runs it again, so only one copy of the weights is ever
@@ -37,6 +39,8 @@ from torch import nn
 
 from lcc import ConfigError
 from lcc.checks import UNSET, Valid, choice, field_problems, fraction, groups, ints, is_int, param  # noqa: F401
+from lcc.compressors.layers import KIND_SHORTHANDS, block_targets, unsupported
+from lcc.compressors.quantize import QuantGrid
 from lcc.registry import Registry
 
 #: every compressor by name (a subclass that sets ``name`` registers itself; a second class under a taken
@@ -123,8 +127,6 @@ class Targets:
     def selects(self, name: str, kind: str | None = None) -> bool:
         """Whether an entry selects the matrix ``name`` (inside a block) of ``kind`` (``layers.KINDS``): by a glob,
         or by a shorthand's kinds (``mlp`` also selects experts). A router only by ``router`` or its exact name."""
-        from lcc.compressors.layers import KIND_SHORTHANDS
-
         if kind == "router":
             return any(e == "router" or e == name for e in self.entries)
         return any(fnmatch.fnmatch(name, p) for p in self.patterns) or (
@@ -133,8 +135,6 @@ class Targets:
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         """The targeted matrices of ``block``: Linears, and Linear-like views of fused experts, routers and
         Conv1D layers (``lcc.compressors.layers``)."""
-        from lcc.compressors.layers import block_targets
-
         return {t.name: t.module for t in block_targets(block) if self.selects(t.name, t.kind)}
 
 
@@ -159,8 +159,6 @@ def targets_problem(model: nn.Module, targets: Targets, candidates=None) -> str 
         if not 0 <= start < stop <= n:
             return (f"targets.layers={targets.layers} is outside the model, which has {n} layers; valid: "
                     f"[start, stop) with 0 <= start < stop <= {n} (negative values count from the end)")
-    from lcc.compressors.layers import block_targets
-
     candidates = candidates or Compressor.target_candidates
     layers = decoder_layers(model)
     kinds = {t.name: t.kind for i in targets.layer_range(n) for t in block_targets(layers[i])}
@@ -230,36 +228,6 @@ class Storage(str, Enum):
     MASK = "mask"
     #: the parameters of ``touched_linears``: ``compress`` changes nothing else (no hooks, no attributes)
     WEIGHTS = "weights"
-
-
-@dataclass
-class QuantGrid:
-    """The grid a quantizing compressor put one Linear's weight on: ``weight == ((code - zero) * scale)`` in fp32,
-    cast to the weight's dtype, for integer codes in ``0..2^bits - 1`` (what the compressed-weights cache stores
-    instead of the weights, docs/caching.md). Recorded with :meth:`Compressor.record_grid` when the weights are
-    written, with the exact fp32 values the compressor used.
-
-    ``scale``, ``zero``: fp32 [rows, n_groups], one pair per (row, group); ``group_size``: the input columns per
-    group (-1: one group per row; the last group is shorter when the width is not a multiple); ``g_idx``: the
-    group of every input column (long [cols]) when it is not ``column // group_size`` (GPTQ's act-order with
-    dynamic groups); ``high`` (bool [rows, n_groups]) and ``high_bits``: groups whose codes have ``high_bits``
-    bits instead of ``bits`` (mixed precision)."""
-
-    bits: int
-    group_size: int
-    scale: torch.Tensor
-    zero: torch.Tensor
-    g_idx: torch.Tensor | None = None
-    high: torch.Tensor | None = None
-    high_bits: int | None = None
-
-    def column_groups(self, cols: int) -> torch.Tensor:
-        """The group index of every input column (long [cols], on the grid's device)."""
-        from lcc.compressors.quantize import group_index  # quantize imports this module
-
-        if self.g_idx is not None:
-            return self.g_idx.to(self.scale.device)
-        return group_index(cols, self.group_size, self.scale.device)
 
 
 @dataclass(kw_only=True)
@@ -355,8 +323,6 @@ class Compressor:
     def target_candidates(block: nn.Module) -> dict[str, nn.Module]:
         """The modules of a decoder block that ``targets.modules`` selects from (name inside the block): its
         Linears and the Linear-like views of experts, routers and Conv1D layers (``lcc.compressors.layers``)."""
-        from lcc.compressors.layers import block_targets
-
         return {t.name: t.module for t in block_targets(block)}
 
     def check_targets(self, model: nn.Module) -> None:
@@ -366,8 +332,6 @@ class Compressor:
         if problem:
             raise ConfigError(f"compressor.{problem} (compressor {self.name})")
         if self.uses_targets and type(self).target_candidates is Compressor.target_candidates:
-            from lcc.compressors.layers import unsupported
-
             layers = decoder_layers(model)
             bad = sorted({u for i in self.targets.layer_range(len(layers)) for u in unsupported(layers[i])})
             if bad:  # refused before compressing: never a "compressed" model whose experts stayed dense

@@ -1,4 +1,6 @@
-"""``compressor=checkpoint``: a compressed checkpoint someone will serve (a local folder, a hub id or a GGUF file)
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``compressor=checkpoint``: a compressed checkpoint someone will serve (a local folder, a hub id or a GGUF file)
 as the compressed side. The job evaluates the dense model first (its reference cached as for any compressor),
 then ``compress`` loads the checkpoint *in the dense model's place*: the dense model's parameter storage is
 released first, the checkpoint is loaded by transformers (``from_pretrained``; a GGUF file is dequantized by
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Compressor, Targets, param
+from lcc.compressors.base import Compressor, Targets, bits_fingerprint, param
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +194,6 @@ class Checkpoint(Compressor):
     @torch.no_grad()
     def compress(self, model, calib=None) -> dict[str, Any]:
         from transformers import AutoModelForCausalLM
-
-        from lcc.compressors.base import bits_fingerprint
 
         desc = self._desc()
         params = dict(model.named_parameters())

@@ -1,4 +1,6 @@
-"""Composition: several compressors applied one after the other in one job, e.g. SparseGPT then 4-bit.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Composition: several compressors applied one after the other in one job, e.g. SparseGPT then 4-bit.
 
 ``stages`` is a list of compressor configs (each with ``name`` and its own parameters, optionally its own
 ``targets``; without, the compose-level ``targets`` apply). Each stage is validated like a top-level

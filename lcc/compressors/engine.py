@@ -1,4 +1,6 @@
-"""The one sequential, layer-by-layer calibration engine, and :class:`Calibrated`, the base of every
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+The one sequential, layer-by-layer calibration engine, and :class:`Calibrated`, the base of every
 calibrated compressor: a calibrated method is its input statistics (``stats``: :class:`NormStats`,
 :class:`HessianStats`) and its per-layer rule (``compress_layer``); ``Calibrated.compress`` runs the engine.
 

@@ -1,4 +1,6 @@
-"""Floating-point quantization formats: FP8 E4M3, FP4 E2M1, the MX (OCP microscaling) and NVFP4 block formats.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Floating-point quantization formats: FP8 E4M3, FP4 E2M1, the MX (OCP microscaling) and NVFP4 block formats.
 
 Fake quantization (quantize, then dequantize back into the tensor's dtype). The grids are those
 of ``compressed-tensors`` (vLLM's quantization library, the one llm-compressor writes checkpoints with), function
@@ -37,6 +39,8 @@ convention of ``lcc.compressors.quantize``); compressed-tensors requires divisib
 from __future__ import annotations
 
 import torch
+
+from lcc.compressors.quant_wa import HOOK_ATTR
 
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 E2M1_MAX = 6.0
@@ -187,8 +191,6 @@ def grid_values(element: str) -> torch.Tensor:
 def install_input_hooks(model, lins: dict, fn) -> int:
     """Fake-quantize the input of every Linear in ``lins`` with ``fn`` at run time (a forward pre-hook on each; the
     handles join ``quant_wa``'s, so ``QuantWA.remove(model)`` takes them off). Returns the number of hooks."""
-    from lcc.compressors.quant_wa import HOOK_ATTR
-
     def hook(mod, args):
         return (fn(args[0]),) + tuple(args[1:])
     handles = getattr(model, HOOK_ATTR, [])

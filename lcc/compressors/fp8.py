@@ -1,4 +1,6 @@
-"""FP8 (E4M3) weights and dynamic FP8 activations: the W8A8-FP8 checkpoints vLLM serves (llm-compressor's presets
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+FP8 (E4M3) weights and dynamic FP8 activations: the W8A8-FP8 checkpoints vLLM serves (llm-compressor's presets
 FP8_DYNAMIC and FP8_BLOCK), data-free.
 
 Weights: E4M3 with one fp32 scale per tensor, per output channel (row) or per ``block`` x ``block`` tile (edge tiles

@@ -1,4 +1,6 @@
-"""GPTQ (Frantar et al. 2022, IST-DASLab/gptq): weight quantization with OBS error compensation.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+GPTQ (Frantar et al. 2022, IST-DASLab/gptq): weight quantization with OBS error compensation.
 
 Follows the reference ``GPTQ.fasterquant``: fp32 Hessian H = 2/n·ΣxxT over the calibration tokens, dead
 inputs zeroed, damping λ = percdamp·mean(diag H), upper Cholesky factor of H⁻¹, columns quantized one at a
@@ -21,10 +23,10 @@ from typing import Any
 
 import torch
 
-from lcc.compressors.base import QuantGrid, Storage, fraction, groups, ints, param
+from lcc.compressors.base import Storage, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, HessianStats
 from lcc.compressors.obs import ColumnRule, inverse_hessian_upper, obs_walk, prepare_hessian
-from lcc.compressors.quantize import effective_bits, qparams
+from lcc.compressors.quantize import QuantGrid, effective_bits, qparams
 
 
 def _q(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""KV-cache fake quantization that acts *inside* a single long forward.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+KV-cache fake quantization that acts *inside* a single long forward.
 
 Hugging Face's quantized caches leave the first prefill untouched, so a one-pass evaluation would
 measure nothing. Here the keys and values are fake-quantized right before attention, in every targeted

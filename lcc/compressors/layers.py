@@ -1,4 +1,6 @@
-"""What a compressor can target in a decoder block: every weight matrix that multiplies the hidden states, seen as
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+What a compressor can target in a decoder block: every weight matrix that multiplies the hidden states, seen as
 a Linear, whatever module holds it, with its *kind*.
 
 * ``nn.Linear`` (and subclasses such as Falcon's ``FalconLinear``): itself.

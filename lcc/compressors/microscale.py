@@ -1,4 +1,6 @@
-"""Block-scaled 4- and 8-bit float formats: MXFP4, MXFP8 (OCP microscaling) and NVFP4, weight-only (W4A16, W8A16) or
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Block-scaled 4- and 8-bit float formats: MXFP4, MXFP8 (OCP microscaling) and NVFP4, weight-only (W4A16, W8A16) or
 with dynamic activations in the same format (W4A4, W8A8): llm-compressor's presets MXFP4A16 / MXFP4, MXFP8A16 /
 MXFP8, NVFP4A16 / NVFP4, data-free.
 

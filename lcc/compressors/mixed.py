@@ -1,4 +1,6 @@
-"""Mixed-precision RTN: the study's remedy. A fraction ``keep`` of the weight groups stays at
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Mixed-precision RTN: the study's remedy. A fraction ``keep`` of the weight groups stays at
 ``high_bits``, the rest goes to ``bits``.
 
 A *group* is the quantization group of the project's grid: ``group_size`` consecutive input weights of one
@@ -21,9 +23,9 @@ from __future__ import annotations
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import QuantGrid, Storage, choice, fraction, groups, ints, param
+from lcc.compressors.base import Storage, choice, fraction, groups, ints, param
 from lcc.compressors.engine import Calibrated, NormStats
-from lcc.compressors.quantize import fake_quant_grid, group_index, n_groups
+from lcc.compressors.quantize import QuantGrid, fake_quant_grid, group_index, n_groups
 
 SALIENCIES = ["max_abs", "wanda", "act_norm"]
 FLAG_BITS = 1  # one bit per group marks its precision

@@ -1,4 +1,6 @@
-"""The OBS machinery SparseGPT and GPTQ share: dead inputs, the damped inverse Hessian, and the column walk.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+The OBS machinery SparseGPT and GPTQ share: dead inputs, the damped inverse Hessian, and the column walk.
 
 Both reference implementations (IST-DASLab ``sparsegpt.fasterprune``, ``gptq.fasterquant``) walk the columns
 of W with the upper Cholesky factor U of H⁻¹: each column is replaced by its compressed value q, and the

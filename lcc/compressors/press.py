@@ -1,4 +1,6 @@
-"""KV-cache eviction ("presses", after NVIDIA's kvpress): the contract, and the machinery every press shares.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+KV-cache eviction ("presses", after NVIDIA's kvpress): the contract, and the machinery every press shares.
 
 A press is a compressor that acts at run time: ``compress(model)`` installs it, and from then on, whenever the
 model reads text *with a KV cache* inside ``press.armed()``, the press removes entries from each targeted
@@ -49,7 +51,9 @@ import torch.nn.functional as F
 
 from lcc import ConfigError
 from lcc.compressors.attention_fns import base_function, cache_kwarg, cache_of, register_attention
-from lcc.compressors.base import Compressor, Valid, ints, param
+from lcc.compressors.base import REGISTRY, Compressor, Valid, ints, param
+from lcc.compressors.kv import attention_modules, block_attention
+from lcc.forward import input_device
 
 PREFIX = "lcc_press_"
 #: queries per block when a press sums attention over every query (h2o)
@@ -58,7 +62,6 @@ QUERY_BLOCK = 256
 
 def presses() -> dict[str, type["Press"]]:
     """Every registered press, by name."""
-    from lcc.compressors.base import REGISTRY
     return {n: c for n, c in sorted(REGISTRY.items()) if issubclass(c, Press)}
 
 
@@ -137,11 +140,6 @@ def _evict_hook(module, args, kwargs, output):
     hidden = kwargs.get("hidden_states", args[0] if args else None)
     press.evict(module, hidden, cache, kwargs)
     return None
-
-
-def attention_modules(model, targets) -> dict[str, torch.nn.Module]:
-    from lcc.compressors.kv import attention_modules as kv_attention_modules
-    return kv_attention_modules(model, targets)
 
 
 # ---- scoring helpers (shared by the presses) ----------------------------------------------------------------
@@ -307,7 +305,6 @@ class Press(Compressor):
     def target_candidates(block):
         """``targets.modules`` selects attention modules, found as ``kv`` finds them (separate k/v projections,
         or a fused-projection ``...Attention`` module that hands its keys and values to the attention interface)."""
-        from lcc.compressors.kv import block_attention
         return block_attention(block)
 
     def check_targets(self, model) -> None:
@@ -412,7 +409,6 @@ class Press(Compressor):
         compressed to its budget after every chunk (task=kl's compressed side)."""
         from transformers import DynamicCache
 
-        from lcc.evaluate import input_device
         base = model.base_model
         ids = ids.view(1, -1).to(input_device(model))
         cache = DynamicCache(config=model.config)

@@ -1,4 +1,6 @@
-"""``adakv``: head-adaptive budgets around a score-based press (Feng et al. 2024, arXiv:2407.11550; kvpress
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``adakv``: head-adaptive budgets around a score-based press (Feng et al. 2024, arXiv:2407.11550; kvpress
 ``AdaKVPress``). The layer keeps ``n_keep x kv_heads`` entries in all, chosen by the inner press's scores
 across all its heads at once; every head first secures its ``alpha_safeguard x n_keep`` best entries. Heads end
 with different counts: the cache is gathered to the largest and the unused slots are masked (press.py)."""
@@ -9,7 +11,7 @@ from typing import Any
 import torch
 
 from lcc import ConfigError
-from lcc.compressors.base import Valid, fraction, param, plain
+from lcc.compressors.base import Valid, build, fraction, param, plain
 from lcc.compressors.press import Ctx, Press, ScorerPress, presses
 
 
@@ -33,7 +35,6 @@ class AdaKV(Press):
             raise ConfigError(f"press_params={pp!r} is invalid; valid: a mapping of the inner press's own "
                               f"parameters (not ratio, budget or name)")
         self.press_params = pp
-        from lcc.compressors.base import build
         try:
             self.inner = build({"name": self.press, **pp, "ratio": self.ratio, "budget": self.budget,
                                 "targets": self.targets})

@@ -1,4 +1,6 @@
-"""``expected_attention``: rank entries by the attention that *future* queries are expected to pay them
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``expected_attention``: rank entries by the attention that *future* queries are expected to pay them
 (Devoto et al. 2025, kvpress ``ExpectedAttentionPress``): the pre-RoPE queries of the new tokens (after the
 first ``n_sink``) give a mean and covariance; RoPE averaged over the next ``n_future_positions`` positions is
 applied to both; E[exp(q.k/sqrt d)] under a Gaussian gives the logits k.mu/sqrt d + k^T S k / 2d, softmaxed over

@@ -1,4 +1,6 @@
-"""``h2o``: heavy hitters -- rank entries by the attention they have received, accumulated over every query
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``h2o``: heavy hitters -- rank entries by the attention they have received, accumulated over every query
 that saw them, divided by the number of such queries, averaged over the query heads of each KV head (Zhang et
 al. 2023, arXiv:2306.14048; kvpress ``ObservedAttentionPress``). kvpress reads the full attention matrix from
 eager attention; here the same sums are computed from the layer's queries in blocks of ``QUERY_BLOCK`` (no n x n

@@ -1,4 +1,6 @@
-"""``knorm``: keep the entries whose keys have the smallest L2 norm (Devoto et al. 2024, arXiv:2406.11430;
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``knorm``: keep the entries whose keys have the smallest L2 norm (Devoto et al. 2024, arXiv:2406.11430;
 kvpress ``KnormPress``). No queries needed."""
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""``pyramidkv``: SnapKV's scores with a budget per layer that falls linearly from the first layer to the last
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``pyramidkv``: SnapKV's scores with a budget per layer that falls linearly from the first layer to the last
 (a pyramid whose steepness is ``beta``), the same total as SnapKV at the same ratio (Cai et al. 2024,
 arXiv:2406.02069; kvpress ``PyramidKVPress``, whose formula this is, including its fallback to the uniform
 budget when the pyramid does not fit). With ``budget`` the ratio is 1 - budget / tokens seen."""

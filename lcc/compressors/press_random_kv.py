@@ -1,4 +1,6 @@
-"""``random_kv``: evict uniformly random entries, the floor for informed eviction (kvpress ``RandomPress``;
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``random_kv``: evict uniformly random entries, the floor for informed eviction (kvpress ``RandomPress``;
 named ``random_kv`` because ``random`` is the random weight pruner). As in kvpress, the generator is seeded
 with ``seed`` at every call (every layer and step draws the same stream for the same shape)."""
 from __future__ import annotations

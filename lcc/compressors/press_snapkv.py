@@ -1,4 +1,6 @@
-"""``snapkv``: rank entries by the attention the last ``window_size`` queries pay them, averaged over the window,
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``snapkv``: rank entries by the attention the last ``window_size`` queries pay them, averaged over the window,
 smoothed by average pooling (``kernel_size``) and averaged over the query heads of each KV head; the window's
 own entries are always kept (Li et al. 2024, arXiv:2404.14469; kvpress ``SnapKVPress``). Only the window's
 queries are formed: [heads, window, n] attention weights, never n x n. With fewer new tokens than the window (a

@@ -1,4 +1,6 @@
-"""``streaming_llm``: keep the first ``n_sink`` entries (attention sinks) and the most recent ones (Xiao et al.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``streaming_llm``: keep the first ``n_sink`` entries (attention sinks) and the most recent ones (Xiao et al.
 2023, arXiv:2309.17453; kvpress ``StreamingLLMPress``: keys keep their original RoPE positions, no
 re-rotation)."""
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``tova``: rank entries by the attention of the last query, averaged over all query heads (the same ranking
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+``tova``: rank entries by the attention of the last query, averaged over all query heads (the same ranking
 for every KV head); the last entry is kept (Oren et al. 2024, arXiv:2401.06104; kvpress ``TOVAPress``). In
 ``task=kl`` with ``chunk=1`` this is TOVA's per-token eviction."""
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Pruning: magnitude, random, Wanda and SparseGPT, and the N:M structured option they share.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Pruning: magnitude, random, Wanda and SparseGPT, and the N:M structured option they share.
 
 N:M convention (the one of this project, everywhere): ``nm_n`` is the number of weights **kept**
 (non-zero) in every group of ``nm_m`` consecutive input weights of a row, so 2:4 keeps 2 of every 4.

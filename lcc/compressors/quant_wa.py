@@ -1,4 +1,6 @@
-"""Weight + activation fake quantization (W·A·): RTN weights per group, activations per token.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Weight + activation fake quantization (W·A·): RTN weights per group, activations per token.
 
 Weights: ``fake_quant`` of every targeted Linear (``w_bits``, groups of ``group_size`` input weights,
 ``sym``), done once in ``compress``. Activations: a forward pre-hook on every targeted Linear

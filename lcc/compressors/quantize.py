@@ -1,4 +1,6 @@
-"""Group-wise min/max fake quantization (quantize then dequantize), shared by every quantizer.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Group-wise min/max fake quantization (quantize then dequantize), shared by every quantizer.
 
 Groups run along the last dimension (the input dimension of a Linear weight, the feature dimension
 of an activation). When the width is not a multiple of ``group_size`` the last group is simply
@@ -22,11 +24,10 @@ way its zeros stay exactly zero.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
-from lcc.compressors.base import QuantGrid
 
 
 def qparams(x: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +115,34 @@ def n_groups(width: int, group_size: int) -> int:
     if group_size <= 0 or group_size >= width:
         return 1
     return -(-width // group_size)
+
+
+@dataclass
+class QuantGrid:
+    """The grid a quantizing compressor put one Linear's weight on: ``weight == ((code - zero) * scale)`` in fp32,
+    cast to the weight's dtype, for integer codes in ``0..2^bits - 1`` (what the compressed-weights cache stores
+    instead of the weights, docs/caching.md). Recorded with :meth:`Compressor.record_grid` when the weights are
+    written, with the exact fp32 values the compressor used.
+
+    ``scale``, ``zero``: fp32 [rows, n_groups], one pair per (row, group); ``group_size``: the input columns per
+    group (-1: one group per row; the last group is shorter when the width is not a multiple); ``g_idx``: the
+    group of every input column (long [cols]) when it is not ``column // group_size`` (GPTQ's act-order with
+    dynamic groups); ``high`` (bool [rows, n_groups]) and ``high_bits``: groups whose codes have ``high_bits``
+    bits instead of ``bits`` (mixed precision)."""
+
+    bits: int
+    group_size: int
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    high_bits: int | None = None
+
+    def column_groups(self, cols: int) -> torch.Tensor:
+        """The group index of every input column (long [cols], on the grid's device)."""
+        if self.g_idx is not None:
+            return self.g_idx.to(self.scale.device)
+        return group_index(cols, self.group_size, self.scale.device)
 
 
 def effective_bits(bits: int, width: int, group_size: int, overhead_bits: int = 32) -> float:

@@ -1,4 +1,6 @@
-"""Hadamard rotation (QuaRot, Ashkboos et al. 2024): rotate the residual stream and a few activations so that
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Hadamard rotation (QuaRot, Ashkboos et al. 2024): rotate the residual stream and a few activations so that
 outliers spread over all channels, without changing the model's function; then W4A4 (``quant_wa``) and 4-bit KV
 (``kv``) quantize the rotated tensors: ``compressor=compose`` with ``stages: [{name: rotate}, {name: quant_wa, ...}]``.
 
@@ -107,7 +109,8 @@ class Rotation:
         self._dev: dict = {}
 
     @property
-    def kind(self) -> str:
+    def form(self) -> str:
+        """What the result's facts call it: ``hadamard`` or ``orthogonal`` (a dense matrix)."""
         return "orthogonal" if self.dense is not None else "hadamard"
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +277,7 @@ class Rotate(Compressor):
             nh = wo.shape[1] // hd
             wo = (wo.view(wo.shape[0], nh, hd) @ Rhd).reshape(wo.shape)
             a.o_proj.weight.data = wo.to(a.o_proj.weight.dtype)
-        facts = {"residual": Q.kind, "residual_dim": d, "head_dim_rotation": Hh.kind, "untied": tied,
+        facts = {"residual": Q.form, "residual_dim": d, "head_dim_rotation": Hh.form, "untied": tied,
                  "n_linears": n_lin, "online_hooks": 0}
         if self.online:
             facts.update(self._online(model, layers, hd))
@@ -306,5 +309,5 @@ class Rotate(Compressor):
             Rh = rots[hd]
             layer.self_attn._lcc_qk_rotation = Rh.apply
         setattr(model, HOOK_ATTR, handles)
-        return {"online_hooks": 2 * len(layers), "down_proj_rotation": rots[inter].kind,
-                "o_proj_rotation": rots[width].kind}
+        return {"online_hooks": 2 * len(layers), "down_proj_rotation": rots[inter].form,
+                "o_proj_rotation": rots[width].form}

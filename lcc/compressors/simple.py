@@ -1,4 +1,6 @@
-"""Calibration-free compressors: the dense baseline and round-to-nearest weight quantization.
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Calibration-free compressors: the dense baseline and round-to-nearest weight quantization.
 (Magnitude pruning lives with the other pruning methods in ``prune.py``.)"""
 from __future__ import annotations
 

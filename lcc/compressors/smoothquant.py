@@ -1,4 +1,6 @@
-"""SmoothQuant (Xiao et al. 2023, mit-han-lab/smoothquant): migrate activation outliers into the weights, then
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+SmoothQuant (Xiao et al. 2023, mit-han-lab/smoothquant): migrate activation outliers into the weights, then
 INT8 W8A8 with per-channel weights and per-token dynamic activations.
 
 As the reference (``smoothquant/calibration.py`` ``get_act_scales``, ``smoothquant/smooth.py``

@@ -1,4 +1,6 @@
-"""Where the norms and Linears of a Llama-like decoder block are (Llama, Mistral, Qwen2, SmolLM2...): what the
+"""Fingerprinted: editing this file invalidates the cached compressed weights (any file of lcc/compressors/).
+
+Where the norms and Linears of a Llama-like decoder block are (Llama, Mistral, Qwen2, SmolLM2...): what the
 scale-migrating and rotating compressors (smoothquant, awq, rotate) fold into each other.
 
 A block has ``input_layernorm`` -> ``self_attn.{q,k,v}_proj`` -> ``self_attn.o_proj`` (into the residual) and

@@ -6,7 +6,7 @@
   (e.g. 1/0 for a correct answer), a unit of uncertainty of its own.
 * :data:`METRICS`: the numbers of a job's ``summary``: the series it reads, its aggregation, its label, and
   its standard error's key (if any), goes in reduce's tables, in the binned ``curve``, in
-  W&B, and in the job's log line. ``kind`` says which jobs report it: ``kl`` (the per-token KL task),
+  W&B, and in the job's log line. ``family`` says which jobs report it: ``kl`` (the per-token KL task),
   ``synthetic`` (passkey, niah, vt: per-prompt series, the columns of ``samples.parquet``, aggregated over
   prompts and per needle depth) or ``lm_eval`` (numbers lm-eval itself reports).
 
@@ -18,7 +18,7 @@ A task's accuracy is a per-prompt series plus its metric::
 
     Series("acc_dense", "1 if the dense greedy output holds every expected string", per="prompt")
     Metric("acc_dense", "acc_dense", binomial, "accuracy, dense", se="acc_dense_se", table=True,
-           heatmap="dense", log="acc_dense {v:.3g} ± {se:.2g}", kind="synthetic")
+           heatmap="dense", log="acc_dense {v:.3g} ± {se:.2g}", family="synthetic")
 
 ``prompt_summary`` aggregates it across prompts (the prompt is its unit of uncertainty, as the document is
 for KL).
@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lcc.metrics.summary import LATE_FROM, bin_log2_centers, bin_means, mean_se, octave_bins, slope_vs_log2
+from lcc.metrics.bins import LATE_FROM, bin_log2_centers, bin_means, mean_se, octave_bins, slope_vs_log2
 
 
 # ---- the measured quantities ----------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Metric:
     log: str | None = None  # its part of the job's log line: format with {v} (and {se})
     exact: bool = False  # an integer count, not a float statistic
     slug: str | None = None  # file- and W&B-key-safe name of its table (default: ``name``)
-    kind: str = "kl"  # the jobs that report it: kl | synthetic | lm_eval (a task's ``kind``, lcc.tasks.base)
+    family: str = "kl"  # the jobs that report it: kl | synthetic | lm_eval (a task's ``family``, lcc.tasks.base)
     heatmap: str | None = None  # synthetic tasks: the depth x ctx panel it fills (dense | compressed)
 
     @property
@@ -178,56 +178,56 @@ METRICS: list[Metric] = [
     Metric("n_docs", "kl", count(0), "documents", exact=True),
     Metric("n_positions", "kl", count(1), "scored positions per document", exact=True),
     # synthetic tasks: over all prompts (summary) and per needle depth (by_depth); docs/tasks.md
-    Metric("n_prompts", "acc_dense", count(0), "prompts", exact=True, kind="synthetic"),
+    Metric("n_prompts", "acc_dense", count(0), "prompts", exact=True, family="synthetic"),
     Metric("acc_dense", "acc_dense", binomial, "accuracy, dense", se="acc_dense_se", table=True, heatmap="dense",
-           log="acc_dense {v:.3g} ± {se:.2g}", kind="synthetic"),
+           log="acc_dense {v:.3g} ± {se:.2g}", family="synthetic"),
     Metric("acc_compressed", "acc_compressed", binomial, "accuracy, compressed", se="acc_compressed_se", table=True,
-           heatmap="compressed", log="acc_compressed {v:.3g} ± {se:.2g}", kind="synthetic"),
+           heatmap="compressed", log="acc_compressed {v:.3g} ± {se:.2g}", family="synthetic"),
     Metric("acc_delta", "acc_delta", prompt_mean, "accuracy compressed - dense (paired)", se="acc_delta_se",
-           table=True, kind="synthetic"),
+           table=True, family="synthetic"),
     Metric("nll_dense", "nll_dense", prompt_mean, "answer NLL, dense (nats/token)", se="nll_dense_se", table=True,
-           kind="synthetic"),
+           family="synthetic"),
     Metric("nll_compressed", "nll_compressed", prompt_mean, "answer NLL, compressed (nats/token)",
-           se="nll_compressed_se", table=True, kind="synthetic"),
+           se="nll_compressed_se", table=True, family="synthetic"),
     Metric("kl_answer", "kl_answer", prompt_mean, "KL(P_dense || Q) at answer positions (nats/token)",
-           se="kl_answer_se", table=True, log="kl_answer {v:.3g} ± {se:.2g}", kind="synthetic"),
+           se="kl_answer_se", table=True, log="kl_answer {v:.3g} ± {se:.2g}", family="synthetic"),
     Metric("top1_answer", "top1_answer", prompt_mean, "top-1 agreement at answer positions", se="top1_answer_se",
-           kind="synthetic"),
+           family="synthetic"),
     # lm-evaluation-harness tasks: the first (task, metric) of lm-eval's results (every row: result.json lm_eval)
     Metric("score_dense", "dense", reported, "lm-eval score, dense (lm-eval's stderr)", se="score_dense_se",
-           table=True, log="score_dense {v:.3g} ± {se:.2g}", kind="lm_eval"),
+           table=True, log="score_dense {v:.3g} ± {se:.2g}", family="lm_eval"),
     Metric("score_compressed", "compressed", reported, "lm-eval score, compressed", se="score_compressed_se",
-           table=True, log="score_compressed {v:.3g} ± {se:.2g}", kind="lm_eval"),
-    Metric("score_delta", "delta", reported, "compressed - dense", table=True, kind="lm_eval"),
+           table=True, log="score_compressed {v:.3g} ± {se:.2g}", family="lm_eval"),
+    Metric("score_delta", "delta", reported, "compressed - dense", table=True, family="lm_eval"),
     Metric("matching", "matching", reported, "LLM-KICK 'matching': |compressed - dense| <= match_within x |dense|",
-           table=True, log="matching {v}", kind="lm_eval"),
+           table=True, log="matching {v}", family="lm_eval"),
 ]
 
 def series(name: str) -> Series:
     return next(s for s in SERIES if s.name == name)
 
 
-def metric(name: str, kind: str = "kl") -> Metric:
-    return next(m for m in METRICS if m.name == name and m.kind == kind)
+def metric(name: str, family: str = "kl") -> Metric:
+    return next(m for m in METRICS if m.name == name and m.family == family)
 
 
-def metrics(kind: str = "kl") -> list[Metric]:
-    """The metrics that jobs of this kind report (kl, synthetic, lm_eval)."""
-    return [m for m in METRICS if m.kind == kind]
+def metrics(family: str = "kl") -> list[Metric]:
+    """The metrics that jobs of this family report (kl, synthetic, lm_eval)."""
+    return [m for m in METRICS if m.family == family]
 
 
-def summary_keys(kind: str = "kl") -> list[str]:
+def summary_keys(family: str = "kl") -> list[str]:
     """Every key of a job's summary, each metric followed by its SE."""
-    return [k for m in metrics(kind) for k in (m.name, m.se) if k]
+    return [k for m in metrics(family) for k in (m.name, m.se) if k]
 
 
-def table_metrics(kind: str = "kl") -> list[Metric]:
-    return [m for m in metrics(kind) if m.table]
+def table_metrics(family: str = "kl") -> list[Metric]:
+    return [m for m in metrics(family) if m.table]
 
 
-def heatmap_metric(panel: str, kind: str = "synthetic") -> Metric:
+def heatmap_metric(panel: str, family: str = "synthetic") -> Metric:
     """The metric of the dense (``panel="dense"``) or compressed panels of the depth x ctx heatmaps."""
-    return next(m for m in metrics(kind) if m.heatmap == panel)
+    return next(m for m in metrics(family) if m.heatmap == panel)
 
 
 def curve_keys() -> list[str]:
@@ -240,20 +240,20 @@ def position_columns() -> list[str]:
     return [s.position_column for s in SERIES if s.position_column]
 
 
-def wandb_keys(kind: str = "kl") -> list[str]:
-    return [k for m in metrics(kind) if m.wandb for k in (m.name, m.se) if k]
+def wandb_keys(family: str = "kl") -> list[str]:
+    return [k for m in metrics(family) if m.wandb for k in (m.name, m.se) if k]
 
 
-def log_line(summary: Mapping[str, Any], kind: str = "kl") -> str:
+def log_line(summary: Mapping[str, Any], family: str = "kl") -> str:
     """The metrics part of a job's 'done' log line (undefined values print as nan)."""
     def num(v):
         return float("nan") if v is None else v
     return "  ".join(m.log.format(v=num(summary.get(m.name)), se=num(summary.get(m.se)))
-                     for m in metrics(kind) if m.log and m.name in summary)
+                     for m in metrics(family) if m.log and m.name in summary)
 
 
-def kind_of(result: Mapping[str, Any]) -> str:
-    """The metric kind of a job's result.json, as the result declares it (``metrics``, the task's ``kind``);
+def family_of(result: Mapping[str, Any]) -> str:
+    """The metric family of a job's result.json, as the result declares it (``metrics``, the task's ``family``);
     results written before it did, by their body: ``lm_eval`` rows are lm_eval, ``by_depth`` rows synthetic,
     else (a per-position ``curve``) kl."""
     if "metrics" in result:

@@ -13,7 +13,7 @@ fields (a ``ConfigError`` naming the value and the valid choices). A job (``lcc.
 
 and, reading results (no model): ``done_line(result)`` (the job's last log line) and ``reporter`` (reduce's
 tables of its jobs: ``reporter(sweep_dir, jobs, plots) -> (markdown lines, files)``; jobs whose results carry a
-per-position ``curve`` are reduce's own sensitivity tables). ``kind`` names the metric family of its summary
+per-position ``curve`` are reduce's own sensitivity tables). ``family`` names the metric family of its summary
 (``lcc.metrics.registry``: kl, synthetic, lm_eval), written into the result as ``metrics``.
 
 A subclass that sets ``name`` registers itself (``lcc.registry``: a second task under a taken name is an error);
@@ -40,7 +40,7 @@ class Task:
     """Base class: subclasses are dataclasses whose fields are the task's parameters."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]
+    family: ClassVar[str]
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -95,5 +95,5 @@ class Task:
     @classmethod
     def done_line(cls, result: dict) -> str:
         """The job's last log line."""
-        line = registry.log_line(result["summary"], cls.kind)
+        line = registry.log_line(result["summary"], cls.family)
         return f"{result['task']} {result['compressor']} {result['level']} ctx={result['ctx']}  {line}"

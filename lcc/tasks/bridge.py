@@ -1,4 +1,6 @@
-"""What ``task=lm_eval`` adds for long-context benchmarks: RULER's task metadata (the model's own tokenizer and
+"""Fingerprinted: editing this file invalidates the cached dense lm-eval results.
+
+What ``task=lm_eval`` adds for long-context benchmarks: RULER's task metadata (the model's own tokenizer and
 ``max_seq_lengths=[ctx]``), its checks before launch, its per-length score as an accuracy, and the shared
 dense cache of lm-eval results (the dense scores of a (model, task settings, ctx, seed) are computed once per
 sweep and reused by every compressor, through the one dense-reference path of every task, lcc.cache.dense).
@@ -31,6 +33,8 @@ from lcc import ConfigError
 from lcc.cache import DenseEntry, source_fingerprint
 from lcc.cache import dense_inputs as cache_inputs
 from lcc.cache.keys import library_versions
+from lcc.compressors.press import presses
+from lcc.models import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,6 @@ def ruler_tasks(tm, names: list[str]) -> list[str]:
 # ---- KV-eviction presses ---------------------------------------------------------------------------
 def press_names(compressor: Any) -> list[str]:
     """The KV-eviction presses a compressor config runs (itself, or ``compose`` stages)."""
-    from lcc.compressors.press import presses
     known = presses()
     stages = compressor.get("stages") if compressor.get("name") == "compose" else [compressor]
     return [s.get("name") for s in (stages or []) if hasattr(s, "get") and s.get("name") in known]
@@ -110,10 +113,10 @@ def check_press(task: Any, cfg: Any, tm) -> None:
     bad = {}
     for t in leaves(tm, task.tasks):
         e = tm.task_index[t]
-        kind = (load_yaml(e.yaml_path, resolve_func=False).get("output_type") if e.yaml_path else None) \
+        output_type = (load_yaml(e.yaml_path, resolve_func=False).get("output_type") if e.yaml_path else None) \
             or (e.cfg or {}).get("output_type") or "generate_until"
-        if kind != "generate_until":
-            bad[t] = kind
+        if output_type != "generate_until":
+            bad[t] = output_type
     if bad:
         raise ConfigError(f"compressor={'+'.join(found)} with task=lm_eval: {bad} are not generation tasks; a KV "
                           f"press acts on the cache of generation only (valid: generate_until tasks, e.g. RULER's "
@@ -170,8 +173,6 @@ def tokenizer_folder(tok) -> str:
     """The job's tokenizer saved once under ``$LCC_CACHE/tokenizers/<sha of its files>`` (RULER loads its
     tokenizer by name or path; this is the model's own, whatever the model config says)."""
     from filelock import FileLock
-
-    from lcc.models import cache_root
 
     root = cache_root() / "tokenizers"
     root.mkdir(parents=True, exist_ok=True)

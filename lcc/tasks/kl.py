@@ -1,6 +1,7 @@
 """``task=kl`` (the default): per-position KL(P_dense || Q), NLL and top-1 agreement on text windows
-(docs/metrics.md). The recipe: windows -> dense step -> compress -> compressed step -> summarize -> write.
-Each step is a small function returning a small result object; ``bench/gpu.py`` times the same steps.
+(docs/metrics.md). The recipe: windows -> dense step -> compress -> compare step (the compressed pass, token by
+token against the dense hidden states) -> summarize -> write. Each step is a small function returning a small
+result object; ``bench/gpu.py`` times the same steps.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from lcc.cache import DenseCache, DenseReference
 from lcc.data import eval_windows
-from lcc import evaluate
+from lcc import forward
 from lcc.io import write_parquet, write_safetensors
 from lcc.metrics import position_table, registry, summarize
 from lcc.tasks.base import Task
@@ -24,7 +25,7 @@ RESULT_FILES = ["tokens.safetensors", "curve.parquet"]
 @dataclass
 class KL(Task):
     name: ClassVar[str] = "kl"
-    kind: ClassVar[str] = "kl"
+    family: ClassVar[str] = "kl"
     #: the default task: a config whose task node is just ``{name: kl}`` hashes as one from before the task
     #: group existed (lcc.job.config_hash), so its finished results stay valid
     implicit: ClassVar[bool] = True
@@ -43,7 +44,7 @@ class KL(Task):
         job.dense_cached(dense.status, dense.key, dense.cache_s)
         head = job.dense_head()  # before compression: the dense output head
         job.compress()
-        compared = compressed_step(m.model, windows, dense.hidden, head, cfg.chunk_size)
+        compared = compare_step(m.model, windows, dense.hidden, head, cfg.chunk_size)
         summary, curve = summarize(compared.arrays)
         files = write_step(job.out, compared)
         job.timings.update(dense_forward_s=dense.forward_s, compressed_forward_s=compared.forward_s,
@@ -52,7 +53,7 @@ class KL(Task):
 
     @classmethod
     def done_line(cls, result: dict) -> str:
-        line = registry.log_line(result["summary"], cls.kind)
+        line = registry.log_line(result["summary"], cls.family)
         return f"{result['compressor']} {result['level']} ctx={result['ctx']}  {line}"
 
 
@@ -61,7 +62,7 @@ def dense_step(model, windows: torch.Tensor, cache: DenseCache | None = None, ke
                ) -> DenseReference:
     """The dense model's final hidden states per window (from the cache when it holds them)."""
     def compute():
-        return evaluate.dense_pass(model, windows, keep_on)
+        return forward.dense_pass(model, windows, keep_on)
     return cache.get_or_compute(windows, compute) if cache else DenseReference(*compute())
 
 
@@ -76,10 +77,10 @@ class Compared:
         return {k: v.numpy() for k, v in self.per_token.items()}
 
 
-def compressed_step(model, windows: torch.Tensor, dense_hidden: list[torch.Tensor], dense_head_fn,
+def compare_step(model, windows: torch.Tensor, dense_hidden: list[torch.Tensor], dense_head_fn,
                     chunk_size: int) -> Compared:
     """The compressed model over every window, compared token by token with the dense hidden states."""
-    per_tok, tm = evaluate.compressed_pass(model, windows, dense_hidden, dense_head_fn, chunk_size)
+    per_tok, tm = forward.compressed_pass(model, windows, dense_hidden, dense_head_fn, chunk_size)
     return Compared(per_tok, tm["compressed_forward_s"], tm["metrics_s"])
 
 

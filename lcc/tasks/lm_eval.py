@@ -1,4 +1,6 @@
-"""``task=lm_eval``: any lm-evaluation-harness task (MMLU, TriviaQA, ... as LLM-KICK uses), run through lm-eval's
+"""Fingerprinted: editing this file invalidates the cached dense lm-eval results.
+
+``task=lm_eval``: any lm-evaluation-harness task (MMLU, TriviaQA, ... as LLM-KICK uses), run through lm-eval's
 Python API on the in-memory model: first on the dense model, then, after the model is compressed in place, on
 the compressed one. Reports both scores (with lm-eval's standard errors), their difference, and LLM-KICK's
 "matching" verdict: the compressed score is within ``match_within`` (5 %) of the dense one,
@@ -54,7 +56,7 @@ def task_manager(include_path: str | None, metadata: str | None = None):
 @dataclass
 class LmEval(Task):
     name: ClassVar[str] = "lm_eval"
-    kind: ClassVar[str] = "lm_eval"
+    family: ClassVar[str] = "lm_eval"
     reporter: ClassVar = staticmethod(task_report)
     tasks: list = param(default_factory=lambda: ["mmlu"], doc="lm-eval task or group names, e.g. [mmlu] or [triviaqa]")
     include_path: Any = param(None, "a folder of extra task YAMLs (local tasks), or null")

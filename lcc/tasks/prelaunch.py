@@ -12,25 +12,19 @@ import logging
 from typing import Any
 
 from lcc import ConfigError
+from lcc.models import ByteTokenizer, smollm2_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=16)
-def _tokenizer(kind: str, name: str | None, trust: bool) -> Any:
-    if kind == "tiny":
-        from lcc.models import ByteTokenizer
+def _tokenizer(model_kind: str, name: str | None, trust: bool) -> Any:
+    if model_kind == "tiny":
         return ByteTokenizer()
+    if model_kind == "gguf":
+        return smollm2_tokenizer()
     from transformers import AutoTokenizer
-    if kind == "gguf":
-        from lcc.models import cache_root, smollm2_gguf
-        gguf = smollm2_gguf()
-        stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
-        cached = cache_root() / "models" / f"{gguf.stem}-{stamp}"  # lcc.models._load_gguf_cached's copy
-        if (cached / "DONE").exists():
-            return AutoTokenizer.from_pretrained(cached)
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if kind == "hf" and name:
+    if model_kind == "hf" and name:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=trust, local_files_only=True)
     return None
 

@@ -4,7 +4,7 @@
 with the rows of their finished jobs; it returns the markdown
 sections and writes ``tasks.csv`` (one row per finished task job), ``tasks_by_depth.csv`` and
 ``plots/<task>_depth_ctx.png`` (accuracy per depth x ctx: one panel for the dense model and one per compressor
-and level). The metrics and their labels come from the registry (``lcc.metrics.registry``, kinds
+and level). The metrics and their labels come from the registry (``lcc.metrics.registry``, families
 ``synthetic`` and ``lm_eval``) through ``lcc.names``.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lcc.cache import dense_inputs, source_fingerprint
 from lcc.cache.keys import tokens_sha256
-from lcc.evaluate import logits_fn
+from lcc.forward import logits_fn
 from lcc.io import write_parquet
 from lcc.metrics import chunked_token_metrics
 from lcc.metrics.summary import prompt_summary
 from lcc.tasks.score import Scored, eos_ids, matches, score_all
-from lcc.tasks.synthetic import Sample, SyntheticTask
+
+if TYPE_CHECKING:  # the synthetic task calls run_synthetic
+    from lcc.tasks.synthetic import Sample, SyntheticTask
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def _prompts_sha(samples: list[Sample]) -> str:
 def dense_cache_inputs(cfg: DictConfig, task: SyntheticTask, model, samples, device, dtype, eos) -> dict:
     """Everything the dense scores depend on (their cache key is its sha256)."""
     return dense_inputs("task_dense", cfg, model, device, dtype,
-                        source_fingerprint("models.py", "evaluate.py", "tasks/score.py"),
+                        source_fingerprint("models.py", "forward.py", "tasks/score.py"),
                         task=OmegaConf.to_container(cfg.task, resolve=True), ctx=int(cfg.ctx.tokens),
                         seed=int(cfg.seed), prompts_sha256=_prompts_sha(samples), eos=sorted(eos))
 

@@ -1,4 +1,6 @@
-"""Scoring one model on synthetic prompts: greedy decoding with a KV cache, teacher-forced answer.
+"""Fingerprinted: editing this file invalidates the cached dense scores of passkey, niah and vt.
+
+Scoring one model on synthetic prompts: greedy decoding with a KV cache, teacher-forced answer.
 
 Per prompt, one prefill of the prompt fills the model's KV cache. The reference answer's tokens are then fed
 in one teacher-forced step on that cache: their final hidden states give the answer NLL, and (against the
@@ -11,17 +13,27 @@ reproduces the whole reference answer is correct and is not extended.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from lcc.compressors.attention_fns import cache_kwarg
-from lcc.evaluate import input_device, sync
-from lcc.tasks.synthetic import Sample, matches  # noqa: F401  (matches: word-boundary string match)
+from lcc.forward import input_device, sync
+
+if TYPE_CHECKING:
+    from lcc.tasks.synthetic import Sample
+
+
+def matches(text: str, expected: list[str]) -> bool:
+    """RULER's string match, on word boundaries: every expected string occurs in the output (case-insensitive)
+    as a whole token, not inside a longer word or number ("arrow" is not found in "narrow", "71432" not in
+    "714325"). The end of the output is a boundary."""
+    return all(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", text, re.IGNORECASE) for e in expected)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,8 +23,13 @@ import torch
 
 from lcc import ConfigError
 from lcc.checks import Valid, choice, ints, is_int, param
+from lcc.data import token_stream
 from lcc.tasks.base import Task
+from lcc.tasks.prelaunch import tokenizer_of
 from lcc.tasks.report import report as task_report
+from lcc.tasks.runner import run_synthetic
+from lcc.tasks.score import matches
+from lcc.tasks.words import ADJECTIVES, WORDS
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +119,6 @@ class PromptBuilder:
     def text(self, n: int, rng: np.random.Generator) -> list[int]:
         """``n`` consecutive tokens of the ``data`` source from a seeded offset (the source repeats if short)."""
         if self._stream is None:
-            from lcc.data import token_stream
             self._stream = token_stream(self.data_cfg, self.tok)
             log.info("haystack: %d tokens of data=%s", len(self._stream), self.data_cfg.name)
         s = self._stream
@@ -126,8 +130,8 @@ class PromptBuilder:
         off = int(rng.integers(0, len(s) - n))
         return s[off:off + n].tolist()
 
-    def haystack(self, kind: str, n: int, rng: np.random.Generator) -> list[int]:
-        return self.noise(n) if kind == "noise" else self.text(n, rng)
+    def haystack(self, source: str, n: int, rng: np.random.Generator) -> list[int]:
+        return self.noise(n) if source == "noise" else self.text(n, rng)
 
     def _is_end(self, tid: int) -> bool:
         if tid not in self._ends:
@@ -197,7 +201,7 @@ class PromptBuilder:
 class SyntheticTask(Task):
     """Common parameters of the synthetic tasks; a subclass implements ``spec`` (the texts of one prompt)."""
 
-    kind: ClassVar[str] = "synthetic"
+    family: ClassVar[str] = "synthetic"
     reporter: ClassVar = staticmethod(task_report)
     depths: list = param(default_factory=lambda: list(DEFAULT_DEPTHS),
                          doc="where the (first asked) needle sits in the haystack: fractions of it, in [0, 1]")
@@ -227,7 +231,6 @@ class SyntheticTask(Task):
         ctx = cfg.ctx.tokens
         if isinstance(ctx, int) and ctx < MIN_CTX:
             raise ConfigError(f"ctx.tokens={ctx} is too short for task={self.name}; valid: ctx >= {MIN_CTX}")
-        from lcc.tasks.prelaunch import tokenizer_of
         tok = tokenizer_of(cfg.model)
         if tok is not None and isinstance(ctx, int):
             self.check_prompts(tok, ctx, int(cfg.seed), model=str(cfg.model.get("name")))
@@ -246,7 +249,6 @@ class SyntheticTask(Task):
         return torch.cat([s.prompt for s in job.inputs[:8]])
 
     def run(self, job: Any) -> dict[str, Any]:
-        from lcc.tasks.runner import run_synthetic  # runner imports this module (Sample)
         return run_synthetic(job, self)
 
     def make(self, b: PromptBuilder, rng: np.random.Generator, depth: float, index: int) -> Sample:
@@ -331,13 +333,6 @@ class SyntheticTask(Task):
                       question_pos=getattr(b, "question_pos", -1))
 
 
-def matches(text: str, expected: list[str]) -> bool:
-    """RULER's string match, on word boundaries: every expected string occurs in the output (case-insensitive)
-    as a whole token, not inside a longer word or number ("arrow" is not found in "narrow", "71432" not in
-    "714325"). The end of the output is a boundary."""
-    return all(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", text, re.IGNORECASE) for e in expected)
-
-
 def n_numbers(digits: int) -> int:
     """How many distinct numbers of ``digits`` digits there are (no leading zero)."""
     return 9 * 10 ** (digits - 1)
@@ -372,8 +367,6 @@ def distinct_number(rng: np.random.Generator, digits: int, used: set[str]) -> st
 
 def random_key(rng: np.random.Generator, exclude: set[str] = frozenset()) -> str:
     """Two words joined by a hyphen (RULER's keys are word pairs), ~10^4 distinct keys."""
-    from lcc.tasks.words import ADJECTIVES, WORDS
-
     def draw() -> str:
         return f"{ADJECTIVES[int(rng.integers(0, len(ADJECTIVES)))]}-{WORDS[int(rng.integers(0, len(WORDS)))]}"
     return distinct(rng, draw, set(exclude), lambda: (f"{a}-{w}" for a in ADJECTIVES for w in WORDS), "key")

@@ -1,4 +1,6 @@
-"""Forward passes and per-token metrics. The model is run on one window at a time with no KV cache;
+"""Fingerprinted: editing this file invalidates the cached dense references (docs/caching.md).
+
+Forward passes and per-token metrics. The model is run on one window at a time with no KV cache;
 only final hidden states are kept, and logits are formed chunk by chunk in ``chunked_token_metrics``."""
 from __future__ import annotations
 
