@@ -10,12 +10,12 @@ kvpress pins transformers < 5.3, so it runs in a venv of its own (never lcc's de
    CPython's docs (``pydoc_data.topics``), one prefill with the press's context manager, and stores the input
    ids, the press's scores (layers ``LAYERS``) and the positions kept in every layer and head:
 
-    /work/venvs/kvpress/bin/python scripts/compare_presses.py record --out tests/fixtures/kvpress_presses.safetensors
+    /work/venvs/kvpress/bin/python scripts/compare_presses.py record --out tests/fixtures/kvpress_presses.json
 
 2. compare (lcc's venv): the same presses through lcc (``compress`` + one armed prefill), compared with the
    record: max |score difference| / max |score| and the positions kept that differ, layer by layer:
 
-    PYTHONPATH=. python scripts/compare_presses.py compare --fixture tests/fixtures/kvpress_presses.safetensors
+    PYTHONPATH=. python scripts/compare_presses.py compare --fixture tests/fixtures/kvpress_presses.json
 
 ``tests/test_press_reference.py`` runs step 2 against the recorded fixture.
 """
@@ -102,12 +102,24 @@ def unpack(bits: torch.Tensor, n: int) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(bits.numpy(), axis=-1)[..., :n].astype(bool))
 
 
+# ---- the fixture: kvpress's outputs as plain JSON (dtype, shape, values; float32 values round-trip exactly) ----------
+def save_fixture(tensors: dict, meta: dict, path: str) -> None:
+    doc = {"metadata": meta, "tensors": {k: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                                             "values": t.flatten().tolist()} for k, t in sorted(tensors.items())}}
+    Path(path).write_text(json.dumps(doc, separators=(",", ":")))
+
+
+def load_fixture(path: str) -> tuple[dict, dict]:
+    doc = json.loads(Path(path).read_text())
+    return ({k: torch.tensor(v["values"], dtype=getattr(torch, v["dtype"])).view(v["shape"])
+             for k, v in doc["tensors"].items()}, doc["metadata"])
+
+
 # ---- 1. record kvpress's answers ----------------------------------------------------------------------------------
 def record(args) -> None:
     import kvpress  # noqa: F401  (patches the attention functions for AdaKV)
     from kvpress import (AdaKVPress, ExpectedAttentionPress, KnormPress, ObservedAttentionPress,  # noqa: F401
                          PyramidKVPress, RandomPress, SnapKVPress, StreamingLLMPress, TOVAPress)
-    from safetensors.torch import save_file
     from transformers import DynamicCache
 
     path = model_dir(args.model)
@@ -149,7 +161,7 @@ def record(args) -> None:
             "model": os.path.basename(path), "tokens": str(args.tokens),
             "command": "/work/venvs/kvpress/bin/python scripts/compare_presses.py record --out " + args.out}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, args.out, metadata=meta)
+    save_fixture(out, meta, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB)")
 
 
@@ -204,10 +216,7 @@ def compare_one(name: str, ref: dict, model, ids: torch.Tensor) -> dict:
 
 
 def compare(args) -> list[dict]:
-    from safetensors import safe_open
-    with safe_open(args.fixture, "pt") as f:
-        ref = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata()
+    ref, meta = load_fixture(args.fixture)
     path = model_dir(args.model)
     ids = ref["input_ids"].view(1, -1)
     rows = []
@@ -225,11 +234,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("record")
-    r.add_argument("--out", default="tests/fixtures/kvpress_presses.safetensors")
+    r.add_argument("--out", default="tests/fixtures/kvpress_presses.json")
     r.add_argument("--tokens", type=int, default=512)
     r.add_argument("--model")
     c = sub.add_parser("compare")
-    c.add_argument("--fixture", default="tests/fixtures/kvpress_presses.safetensors")
+    c.add_argument("--fixture", default="tests/fixtures/kvpress_presses.json")
     c.add_argument("--model")
     c.add_argument("--only", nargs="*")
     args = ap.parse_args()

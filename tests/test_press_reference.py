@@ -2,7 +2,7 @@
 head, on SmolLM2-135M (fp32, CPU) over 512 tokens of CPython's docs, ratio 0.5.
 
 The fixture holds kvpress's own outputs, recorded in a venv of its own (kvpress pins transformers < 5.3):
-    /work/venvs/kvpress/bin/python scripts/compare_presses.py record --out tests/fixtures/kvpress_presses.safetensors
+    /work/venvs/kvpress/bin/python scripts/compare_presses.py record --out tests/fixtures/kvpress_presses.json
 (the venv: ``pip install torch==2.13.0 'transformers>=4.56,<5.3' kvpress==0.5.5``)."""
 import sys
 from pathlib import Path
@@ -11,16 +11,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "kvpress_presses.safetensors"
+FIXTURE = ROOT / "tests" / "fixtures" / "kvpress_presses.json"
 sys.path.insert(0, str(ROOT / "scripts"))
 import compare_presses as C  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def reference():
-    from safetensors import safe_open
-    with safe_open(str(FIXTURE), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    return C.load_fixture(str(FIXTURE))
 
 
 @pytest.fixture(scope="module")
