@@ -343,6 +343,10 @@ class Cache(Group):
                                     "recomputing; true = those on a GPU too; false = never",
                             Valid("auto (calibrated compressors and masking pruners), true (every cacheable "
                                   "compressor), false", lambda v: v == "auto" or isinstance(v, bool)))
+    press_prefill: bool = param(False, "synthetic tasks with a replayable press (snapkv, pyramidkv, tova, h2o, knorm, "
+                                       "expected_attention, random_kv): record each prompt's prefill once and replay "
+                                       "it at every other ratio or budget (lcc/cache/prefill.py; pays on a CPU)",
+                                BOOL)
 
     @classmethod
     def rules(cls, c: dict, prefix: str) -> list[str]:

@@ -156,6 +156,7 @@ class JobContext:
             rep["dense_key"] = self.cache["dense_key"]
         if c and c.key:
             rep["compressed_key"] = c.key
+        rep.update({k: v for k, v in self.cache.items() if k.startswith("press_prefill")})
         return rep
 
     def result(self, body: dict[str, Any]) -> dict[str, Any]:

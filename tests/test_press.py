@@ -227,6 +227,29 @@ def test_task_job_with_a_press(tmp_path):
     assert (rows0.output_dense == rows0.output_compressed).all() and rows0.kl_answer.max() < 1e-6
 
 
+def test_task_jobs_replay_a_recorded_prefill(tmp_path):
+    """cache.press_prefill: the first job records each prompt's prefill, a job at another ratio replays it
+    (no context read) and scores exactly what the same job without the records scores."""
+    tiny = ["model=tiny", "logger=none", "ctx.tokens=512", "task=passkey", "task.n_samples=1",
+            "task.max_new_tokens=6", f"cache.dir={tmp_path / 'cache'}", "cache.dense=false"]
+    first = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.3", "cache.press_prefill=true"],
+                         tmp_path / "a"))
+    assert first["cache"]["press_prefill"] == "0 hit, 5 recorded"
+    assert len(list((tmp_path / "cache" / "press_prefill").glob("*/meta.json"))) == 5
+    got = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.8", "cache.press_prefill=true"],
+                       tmp_path / "b"))
+    assert got["cache"]["press_prefill"] == "5 hit, 0 recorded"
+    want = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.8"], tmp_path / "c"))
+    assert "press_prefill" not in want["cache"]
+    cols = ["output_compressed", "kl_answer", "nll_compressed", "acc_compressed"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "samples.parquet")[cols],
+                                  pd.read_parquet(tmp_path / "c" / "samples.parquet")[cols])
+    assert got["summary"]["acc_compressed"] == want["summary"]["acc_compressed"]
+    other = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.8", "compressor.query_aware=true",
+                          "cache.press_prefill=true"], tmp_path / "d"))
+    assert other["cache"]["press_prefill"] == "0 hit, 5 recorded"  # another read: another record
+
+
 def test_press_cost_bench_runs_small():
     import subprocess
     import sys
@@ -235,3 +258,47 @@ def test_press_cost_bench_runs_small():
                           "snapkv,h2o"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| floor (no eviction) |" in out.stdout and "| h2o | r0.5 |" in out.stdout
+
+
+REPLAYABLE = sorted(n for n, c in presses().items() if c.replayable)
+
+
+def test_replayable_presses():
+    """The presses whose prefill can be replayed at another ratio; streaming_llm's scores depend on its budget
+    and adakv selects across heads itself: they record nothing."""
+    assert set(REPLAYABLE) == {"snapkv", "pyramidkv", "tova", "h2o", "knorm", "expected_attention", "random_kv"}
+
+
+@pytest.mark.parametrize("qa", [False, True])
+@pytest.mark.parametrize("name", REPLAYABLE)
+def test_a_replayed_prefill_is_the_prefill_at_that_ratio(name, qa):
+    """``replay`` of a record made at ratio 0.3 equals ``prefill`` at 0.3, 0.6 and 0.85: the same kept
+    entries in every layer, bit for bit, and the same question read on them (lcc.cache.prefill)."""
+    prompt, qpos = IDS[:260].view(1, -1), 230
+    m, p = pressed(name, ratio=0.3, query_aware=qa)
+    rec: dict = {}
+    with torch.no_grad():
+        p.prefill(m.base_model, prompt, qpos, record=rec)
+    assert {f"scores.{i}" for i in range(2)} <= set(rec) and "last" in rec
+    for ratio in (0.3, 0.6, 0.85):
+        m2, p2 = pressed(name, ratio=ratio, query_aware=qa)
+        with torch.no_grad():
+            want = p2.prefill(m2.base_model, prompt, qpos)
+            got = p2.replay(m2.base_model, rec, prompt, qpos)
+        wc, gc = want.past_key_values, got.past_key_values
+        for lw, lg in zip(wc.layers, gc.layers):
+            assert lw.keys.shape[2] < 260 and torch.equal(lw.keys, lg.keys) and torch.equal(lw.values, lg.values)
+        assert wc._lcc_seen == gc._lcc_seen == 260
+        assert torch.equal(want.last_hidden_state[:, -1:], got.last_hidden_state[:, -1:])
+
+
+def test_streaming_llm_and_adakv_record_nothing_and_refuse_to_replay():
+    prompt = IDS[:200].view(1, -1)
+    for name in ("streaming_llm", "adakv"):
+        m, p = pressed(name, ratio=0.5)
+        rec: dict = {}
+        with torch.no_grad():
+            p.prefill(m.base_model, prompt, 180, record=rec)
+        assert rec == {}
+        with pytest.raises(ValueError, match="cannot replay"):
+            p.replay(m.base_model, {}, prompt, 180)

@@ -79,11 +79,17 @@ def test_every_option_composes_to_what_its_yaml_said_before(group, option, tmp_p
     assert list(got.items()) == list(expected.items())  # values and key order
 
 
+#: keys added after the YAML was replaced, with their defaults (a new key must leave every old default alone)
+ADDED = {"cache": {"press_prefill": False}}
+
+
 def test_the_top_level_defaults_are_what_sweep_yaml_said_before():
     y = OmegaConf.load(BEFORE / "sweep.yaml")
     expected = {k: v for k, v in OmegaConf.to_container(y).items() if k not in ("defaults", "hydra")}
     got = OmegaConf.to_container(make_cfg([]))
     assert list(got)[:7] == ["model", "data", "ctx", "compressor", "calib", "task", "logger"]
+    for group, keys in ADDED.items():
+        assert {k: got[group].pop(k) for k in keys} == keys
     assert list(got.items())[7:] == list(expected.items())
 
 

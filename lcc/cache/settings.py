@@ -11,6 +11,7 @@ import torch
 from lcc import ConfigError
 from lcc.cache.compressed import CompressedCache
 from lcc.cache.dense import DenseCache, DenseEntry
+from lcc.cache.prefill import PrefillStore
 from lcc.compressors import Compressor, Storage
 from lcc.models import cache_root
 
@@ -21,6 +22,7 @@ class CacheSettings:
     dir: Path
     dense: bool
     compressed: str | bool  # "auto", True or False: see cache_compressed()
+    press_prefill: bool = False
 
     def cache_compressed(self, comp: Compressor, device: torch.device | str | None = None) -> bool:
         """Whether ``comp``'s compressed weights go through the cache. ``auto`` keeps calibrated methods (gptq,
@@ -55,6 +57,13 @@ class CacheSettings:
             return None
         return DenseEntry.at(self.dir, inputs())
 
+    def press_prefill_store(self, cfg: Any, comp: Compressor, model, device: torch.device, dtype: torch.dtype):
+        """Where a replayable press alone (the weights dense) records and replays its prefills
+        (lcc.cache.prefill), or None: off, or ``comp`` is not such a press."""
+        if not (self.enabled and self.press_prefill and getattr(comp, "replayable", False)):
+            return None
+        return PrefillStore.for_job(self.dir, cfg, model, comp, device, dtype)
+
     def compressed_cache(self, cfg: Any, comp: Compressor, model, calib: torch.Tensor | None,
                          device: torch.device, dtype: torch.dtype):
         """The job's compressed-weights cache entry, or None if ``comp``'s weights are not cached."""
@@ -73,9 +82,10 @@ def settings(cfg: Any) -> CacheSettings:
         raise ConfigError(f"cache.compressed={compressed!r} is invalid; valid: auto (calibrated compressors and "
                           f"masking pruners; on a CPU every cacheable compressor), true (every cacheable "
                           f"compressor), false")
-    for k in ("enabled", "dense"):
+    for k in ("enabled", "dense", "press_prefill"):
         if not isinstance(get(k, True), bool):
             raise ConfigError(f"cache.{k}={get(k)!r} is invalid; valid: true or false (a YAML boolean)")
     return CacheSettings(enabled=get("enabled", True),
                          dir=Path(os.path.expanduser(str(d))) if d else cache_root() / "refs",
-                         dense=get("dense", True), compressed=compressed)
+                         dense=get("dense", True), compressed=compressed,
+                         press_prefill=get("press_prefill", False))

@@ -285,10 +285,18 @@ class Press(Compressor):
 
     #: set by the subclass: whether ``score`` needs the module's query projection (for the docs)
     uses_queries: ClassVar[bool] = False
+    #: set by the subclass: whether a synthetic prompt's prefill can be recorded once and replayed at any ratio
+    #: or budget (:meth:`replay`): the press keeps the top-``budget_of`` entries of ``score`` (ScorerPress's
+    #: ``select``) and its scores do not depend on the budget. tests/test_press.py checks every such press.
+    replayable: ClassVar[bool] = False
 
     def __post_init__(self):
         super().__post_init__()
         self._armed = False
+        self._record: dict | None = None
+        #: where ``prefill`` finds and keeps records (lcc.cache.prefill.PrefillStore; set by the task runner
+        #: with ``cache.press_prefill``), or None
+        self.prefill_store = None
 
     def check(self) -> None:
         if self.budget is not None and self.ratio is not None:
@@ -420,18 +428,91 @@ class Press(Compressor):
                 out.append(o.last_hidden_state[0])
         return torch.cat(out)
 
-    def prefill(self, base, prompt: torch.Tensor, question_pos: int):
+    def prefill(self, base, prompt: torch.Tensor, question_pos: int, record: dict | None = None):
         """Prefill a synthetic prompt [1, T] (kvpress's protocol): the context up to ``question_pos`` is read and
         the cache compressed once, then the question is read on the compressed cache (``query_aware``: the
-        whole prompt is read, then compressed). Returns the last forward's output (its cache holds the rest)."""
+        whole prompt is read, then compressed). Returns the last forward's output (its cache holds the rest).
+
+        ``record`` (a dict, for a :attr:`replayable` press): filled with what :meth:`replay` needs to rebuild the
+        compressed cache at any ratio or budget without reading the context again -- every layer's keys and
+        values before eviction (``keys.L``, ``values.L``), the scores of every targeted layer (``scores.L``)
+        and the last hidden state of the compressed read (``last``). Left empty where some targeted layer
+        evicted nothing (nothing to rank at this budget)."""
         from transformers import DynamicCache
+        cut = self._cut(prompt, question_pos)
+        store = self.prefill_store if self.replayable and record is None else None
+        if store is not None:  # lcc.cache.prefill: a record of this prompt made at another ratio is replayed
+            found = store.get(prompt, cut)
+            if found is not None:
+                return self.replay(base, found, prompt, question_pos)
+            record = {}
         cache = DynamicCache(config=base.config)
         kw = cache_kwarg(base)
-        cut = prompt.shape[1] if self.query_aware or question_pos <= 0 else question_pos
-        with self.armed():
-            out = base(input_ids=prompt[:, :cut], use_cache=True, **{kw: cache})
+        self._record = {} if record is not None and self.replayable else None
+        try:
+            with self.armed():
+                out = base(input_ids=prompt[:, :cut], use_cache=True, **{kw: cache})
+            if record is not None:
+                record.update(self._complete_record(base, cache, out.last_hidden_state[:, -1:]))
+        finally:
+            self._record = None
+        if store is not None and record:
+            store.put(prompt, cut, record)
         if cut < prompt.shape[1]:
             out = base(input_ids=prompt[:, cut:], use_cache=True, **{kw: cache})
+        return out
+
+    def _cut(self, prompt: torch.Tensor, question_pos: int) -> int:
+        """Where the compressed read of a synthetic prompt ends (the question's start, or the whole prompt)."""
+        return prompt.shape[1] if self.query_aware or question_pos <= 0 else question_pos
+
+    def _targeted(self, base) -> list[int]:
+        return sorted(m.layer_idx for m in base.modules() if getattr(m, "_lcc_press", None) is self
+                      and hasattr(m, "layer_idx"))
+
+    def _complete_record(self, base, cache, last: torch.Tensor) -> dict:
+        """The record of a finished compressed read, or {} if it cannot be replayed (a targeted layer evicted
+        nothing, or a layer whose cache is not a plain full-attention cache, e.g. a sliding window)."""
+        rec = self._record or {}
+        if any(f"scores.{li}" not in rec for li in self._targeted(base)):
+            return {}
+        for li, layer in enumerate(cache.layers):
+            if type(layer).__name__ != "DynamicLayer":
+                return {}
+            rec.setdefault(f"keys.{li}", layer.keys)  # layers the press does not target: the full cache
+            rec.setdefault(f"values.{li}", layer.values)
+        rec["last"] = last
+        return rec
+
+    @torch.inference_mode()
+    def replay(self, base, record: dict, prompt: torch.Tensor, question_pos: int):
+        """:meth:`prefill` from a ``record`` of it made at any ratio or budget: the cache rebuilt from the recorded
+        keys and values, each targeted layer's top-``budget_of`` entries of the recorded scores kept (the same
+        ``topk`` as :meth:`ScorerPress.select`), then the question read on it. Equal to ``prefill`` at this
+        press's ratio (tests/test_press.py); the context is not read again."""
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+        if not self.replayable:
+            raise ValueError(f"{self.name} cannot replay a prefill (its scores depend on the budget)")
+        dev = input_device(base)
+        cache = DynamicCache(config=base.config)
+        n_layers = sum(1 for k in record if k.startswith("keys."))
+        for li in range(n_layers):
+            cache.update(record[f"keys.{li}"].to(dev), record[f"values.{li}"].to(dev), li)
+        cut = self._cut(prompt, question_pos)
+        cache._lcc_seen = cut
+        mods = {m.layer_idx: m for m in base.modules() if getattr(m, "_lcc_press", None) is self
+                and hasattr(m, "layer_idx")}
+        for li, mod in sorted(mods.items()):
+            layer = cache.layers[li]
+            ctx = Ctx(mod, None, layer.keys, layer.values, None, cut, {}, None)
+            m = self.budget_of(ctx)
+            if m < layer.keys.shape[2]:
+                _gather(layer, _top(record[f"scores.{li}"].to(dev), m))
+        out = BaseModelOutputWithPast(last_hidden_state=record["last"].to(dev), past_key_values=cache)
+        if cut < prompt.shape[1]:
+            kw = cache_kwarg(base)
+            out = base(input_ids=prompt[:, cut:].to(dev), use_cache=True, **{kw: cache})
         return out
 
     # ---- eviction ----------------------------------------------------------------------------------------------
@@ -454,11 +535,9 @@ class Press(Compressor):
         if keep is None:
             return
         idx, new_valid = keep
-        g = idx.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
-        layer.keys = keys.gather(2, g).contiguous()
-        if values.shape[-1] != keys.shape[-1]:  # MLA (DeepSeek-V3): value head_dim differs from the keys'
-            g = idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])
-        layer.values = values.gather(2, g).contiguous()
+        if self._record is not None:  # prefill(record=...): the layer before eviction (gather copies)
+            self._record[f"keys.{li}"], self._record[f"values.{li}"] = keys, values
+        _gather(layer, idx)
         for k, v in list(ctx.state.items()):  # per-entry state (h2o's sums) follows the kept entries
             if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[-1] == keys.shape[2]:
                 ctx.state[k] = v.gather(2, idx.repeat_interleave(v.shape[1] // idx.shape[1], dim=1))
@@ -494,5 +573,21 @@ class ScorerPress(Press):
         scores = self.score(ctx)
         if ctx.valid is not None:
             scores = scores.masked_fill(~ctx.valid, float("-inf"))
-        idx = scores.topk(m, dim=-1).indices.sort(dim=-1).values
-        return idx, None
+        if self._record is not None:
+            self._record[f"scores.{ctx.module.layer_idx}"] = scores
+        return _top(scores, m), None
+
+
+def _top(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """The ``m`` best entries of every head, in positional order (ties broken by ``torch.topk``, as kvpress)."""
+    return scores.topk(m, dim=-1).indices.sort(dim=-1).values
+
+
+def _gather(layer, idx: torch.Tensor) -> None:
+    """Keep the entries ``idx`` [b, kv_heads, m] of a cache layer (in place)."""
+    keys, values = layer.keys, layer.values
+    g = idx.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1])
+    layer.keys = keys.gather(2, g).contiguous()
+    if values.shape[-1] != keys.shape[-1]:  # MLA (DeepSeek-V3): value head_dim differs from the keys'
+        g = idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])
+    layer.values = values.gather(2, g).contiguous()

@@ -22,6 +22,7 @@ class ExpectedAttention(ScorerPress):
     """Expected attention of future queries, value-norm weighted."""
 
     name = "expected_attention"
+    replayable = True
     uses_queries = True
     n_future_positions: int = param(512, "future positions the RoPE rotation is averaged over", ints(1, 1 << 20))
     n_sink: int = param(4, "first entries always kept; their queries are left out of the statistics",

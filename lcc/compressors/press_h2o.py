@@ -17,6 +17,7 @@ class H2O(ScorerPress):
     """H2O / observed attention: mean attention received."""
 
     name = "h2o"
+    replayable = True
     uses_queries = True
 
     def observe(self, ctx: Ctx) -> None:

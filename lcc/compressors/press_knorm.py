@@ -13,6 +13,7 @@ class Knorm(ScorerPress):
     """Key-norm eviction: score = -||k||."""
 
     name = "knorm"
+    replayable = True
 
     def score(self, ctx: Ctx) -> torch.Tensor:
         # kvpress 0.5.5: the norm in at least float32 (bf16 norms tie distinct positions)

@@ -15,6 +15,7 @@ class RandomKV(ScorerPress):
     """Random eviction: score ~ U(0, 1), seeded."""
 
     name = "random_kv"
+    replayable = True
     seed: int = param(0, "seed of the scores (the same at every layer and step, as kvpress)", ints(0, 2**31 - 1))
 
     def score(self, ctx: Ctx) -> torch.Tensor:

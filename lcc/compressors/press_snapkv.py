@@ -29,6 +29,7 @@ class SnapKV(ScorerPress):
     """SnapKV: observation-window attention, pooled."""
 
     name = "snapkv"
+    replayable = True
     uses_queries = True
     window_size: int = param(64, "observation window: the last queries whose attention ranks the entries",
                              ints(1, 1 << 20))

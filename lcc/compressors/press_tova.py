@@ -15,6 +15,7 @@ class TOVA(ScorerPress):
     """TOVA: last-token attention, head-averaged."""
 
     name = "tova"
+    replayable = True
     uses_queries = True
 
     def score(self, ctx: Ctx) -> torch.Tensor:

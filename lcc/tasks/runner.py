@@ -114,10 +114,16 @@ def run_synthetic(job, task: SyntheticTask) -> dict[str, Any]:
     head_d = job.dense_head()  # before compression: the dense output head
     dense, dense_s = _dense_scores(job, task, head_d, samples, eos, decode)
     job.compress()
+    store = job.caches.press_prefill_store(job.cfg, job.comp, m.model, m.device, m.dtype)
+    if store is not None:  # a replayable press alone: each prompt's prefill recorded once, replayed at other ratios
+        job.comp.prefill_store = store
     head_c = logits_fn(m.model)
     t = time.perf_counter()
     scored = score_all(m.model, head_c, samples, task.decode_budget, eos, decode, "compressed prompts")
     comp_s = time.perf_counter() - t
+    if store is not None:
+        job.comp.prefill_store = None
+        job.cache.update(store.report())
     df = rows(samples, dense, scored, head_d, head_c, decode)
     write_parquet(job.out / "samples.parquet", df)
     summary, by_depth = prompt_summary(df, "synthetic")
