@@ -27,8 +27,9 @@ for ctx in "${CTXS[@]}"; do
   fi
   if [ "$WHAT" != kl ]; then
     T=(task=passkey,niah ++task.n_samples=4 ctx=$ctx "${COMMON[@]}" hydra.sweeper.reduce=false)
+    # cache.press_prefill: each prompt is read once per mode, the other ratios replay it (docs/caching.md)
     $PY -m lcc.sweep -m "${T[@]}" compressor=snapkv ++compressor.ratio=$TASK_RATIOS \
-        ++compressor.query_aware=false,true hydra.sweep.dir="$OUT/task_snapkv_$ctx"
+        ++compressor.query_aware=false,true cache.press_prefill=true hydra.sweep.dir="$OUT/task_snapkv_$ctx"
     $PY -m lcc.sweep -m "${T[@]}" compressor=kv ++compressor.bits=2,4 hydra.sweep.dir="$OUT/task_kv_$ctx"
     $PY -m lcc.sweep -m "${T[@]}" compressor=streaming_llm ++compressor.ratio=$SL_RATIOS \
         hydra.sweep.dir="$OUT/task_streaming_$ctx"
