@@ -466,9 +466,10 @@ class Press(Compressor):
         """Where the compressed read of a synthetic prompt ends (the question's start, or the whole prompt)."""
         return prompt.shape[1] if self.query_aware or question_pos <= 0 else question_pos
 
-    def _targeted(self, base) -> list[int]:
-        return sorted(m.layer_idx for m in base.modules() if getattr(m, "_lcc_press", None) is self
-                      and hasattr(m, "layer_idx"))
+    def _targeted(self, base) -> dict[int, Any]:
+        """The attention modules this press acts on, by layer index."""
+        return {m.layer_idx: m for m in base.modules() if getattr(m, "_lcc_press", None) is self
+                and hasattr(m, "layer_idx")}
 
     def _complete_record(self, base, cache, last: torch.Tensor) -> dict:
         """The record of a finished compressed read, or {} if it cannot be replayed (a targeted layer evicted
@@ -501,9 +502,7 @@ class Press(Compressor):
             cache.update(record[f"keys.{li}"].to(dev), record[f"values.{li}"].to(dev), li)
         cut = self._cut(prompt, question_pos)
         cache._lcc_seen = cut
-        mods = {m.layer_idx: m for m in base.modules() if getattr(m, "_lcc_press", None) is self
-                and hasattr(m, "layer_idx")}
-        for li, mod in sorted(mods.items()):
+        for li, mod in sorted(self._targeted(base).items()):
             layer = cache.layers[li]
             ctx = Ctx(mod, None, layer.keys, layer.values, None, cut, {}, None)
             m = self.budget_of(ctx)
