@@ -14,7 +14,6 @@ entry of a 7B model (1 GB per 8k prompt) costs more than the prefill: off by def
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ import torch
 from lcc.cache.dense import dense_inputs
 from lcc.cache.keys import source_fingerprint, tokens_sha256
 from lcc.cache.store import TensorStore, key_of
-
-log = logging.getLogger(__name__)
 
 
 def _check(tensors: dict, meta: dict) -> str | None:
