@@ -103,6 +103,7 @@ CASES = [  # (overrides, the message's start, a piece of the valid values)
     (["device=tpu"], "device='tpu' is invalid", "auto, cpu, cuda, cuda:<N>"),
     (["+cache.foo=1"], "cache.foo is not a key of cache", "valid keys: compressed, dense, dir, enabled"),
     (["cache.enabled=1"], "cache.enabled=1 is invalid", BOOL),
+    (["cache.press_prefill=yes"], "cache.press_prefill='yes' is invalid", BOOL),
     (["cache.compressed=maybe"], "cache.compressed='maybe' is invalid", "auto (calibrated"),
     # model, every kind
     (["+model.foo=1"], "model.foo is not a key of model kind gguf", "valid keys: kind, max_context, name, package"),
