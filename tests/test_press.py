@@ -222,7 +222,7 @@ def test_task_job_with_a_press(tmp_path):
     res = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.9"], tmp_path / "a"))
     rows = pd.read_parquet(tmp_path / "a" / "samples.parquet")
     assert res["status"] == "ok" and len(rows) == 5 and rows.kl_answer.mean() > 0
-    res0 = run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.0"], tmp_path / "b"))
+    assert run(make_cfg([*tiny, "compressor=snapkv", "compressor.ratio=0.0"], tmp_path / "b"))["status"] == "ok"
     rows0 = pd.read_parquet(tmp_path / "b" / "samples.parquet")
     assert (rows0.output_dense == rows0.output_compressed).all() and rows0.kl_answer.max() < 1e-6
 
