@@ -62,11 +62,10 @@ class PrefillStore:
         return found[0]
 
     def put(self, prompt: torch.Tensor, cut: int, record: dict[str, torch.Tensor]) -> None:
+        """Store ``record`` through the store's one locked write path (an entry another job wrote meanwhile is
+        kept; a killed writer's temporary folder is cleaned)."""
         key, inputs = self._key(prompt, cut)
-        self.store.ensure_writable()
-        with self.store.locked(key):
-            if self.store.read(key, _check) is None:
-                self.store.write(key, record, {"inputs": inputs})
+        self.store.get_or_create(key, inputs, lambda: (record, {}), _check)
         self.recorded += 1
 
     def report(self) -> dict[str, Any]:
