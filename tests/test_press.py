@@ -250,6 +250,21 @@ def test_task_jobs_replay_a_recorded_prefill(tmp_path):
     assert other["cache"]["press_prefill"] == "0 hit, 5 recorded"  # another read: another record
 
 
+def test_prefill_put_counts_only_its_own_writes(tmp_path):
+    """Two jobs missed the same prompt and both recorded it: the first write is stored and counted, the second
+    finds the entry and is not counted as recorded (the report says what this job wrote)."""
+    from lcc.cache.prefill import PrefillStore
+    from lcc.cache.store import TensorStore
+
+    prompt = torch.arange(12)
+    rec = {"keys.0": torch.ones(1, 2, 3), "values.0": torch.ones(1, 2, 3), "last": torch.zeros(1, 4)}
+    a, b = (PrefillStore(TensorStore(tmp_path, "press_prefill"), {"press": "snapkv"}) for _ in range(2))
+    a.put(prompt, 10, rec)
+    b.put(prompt, 10, {k: v + 1 for k, v in rec.items()})
+    assert (a.recorded, b.recorded) == (1, 0)
+    assert torch.equal(b.get(prompt, 10)["keys.0"], rec["keys.0"])  # the first record is kept
+
+
 def test_press_cost_bench_runs_small():
     import subprocess
     import sys

@@ -63,10 +63,10 @@ class PrefillStore:
 
     def put(self, prompt: torch.Tensor, cut: int, record: dict[str, torch.Tensor]) -> None:
         """Store ``record`` through the store's one locked write path (an entry another job wrote meanwhile is
-        kept; a killed writer's temporary folder is cleaned)."""
+        kept and not counted as recorded here; a killed writer's temporary folder is cleaned)."""
         key, inputs = self._key(prompt, cut)
-        self.store.get_or_create(key, inputs, lambda: (record, {}), _check)
-        self.recorded += 1
+        _, _, hit = self.store.get_or_create(key, inputs, lambda: (record, {}), _check)
+        self.recorded += not hit
 
     def report(self) -> dict[str, Any]:
         return {"press_prefill": f"{self.hits} hit, {self.recorded} recorded", "press_prefill_dir": str(self.store.dir)}
